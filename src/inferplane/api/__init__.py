@@ -1,0 +1,1 @@
+"""HTTP surface only: routes, request/response schemas, error mapping."""

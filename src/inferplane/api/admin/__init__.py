@@ -1,0 +1,1 @@
+"""/admin/v1: the control plane's HTTP surface (admin-scoped keys only)."""

@@ -1,0 +1,104 @@
+"""The app factory: `create_app(settings)` mounts routers; resources open in the lifespan.
+
+Start-up, in order: store (migrations) -> keys snapshot and admin key -> model weights
+(provisioned and fingerprinted) -> one worker per model, all loaded before serving.
+Shutdown (after the server has stopped accepting and drained in-flight requests within
+the grace period): refuse new work -> stop workers -> close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from inferplane import __version__
+from inferplane.api import health
+from inferplane.api.admin import keys as admin_keys
+from inferplane.api.admin import workers as admin_workers
+from inferplane.api.errors import install_error_handlers
+from inferplane.api.middleware import GatewayMiddleware
+from inferplane.api.openai.chat_completion.router import router as chat_router
+from inferplane.api.openai.completion.router import router as completion_router
+from inferplane.api.openai.embedding.router import router as embedding_router
+from inferplane.api.openai.models.router import router as models_router
+from inferplane.api.services import Services
+from inferplane.config import Settings
+from inferplane.engines.assets import provision
+from inferplane.engines.supervisor import Supervisor
+from inferplane.pipeline.service import InferenceService
+from inferplane.store.database import open_database, sqlite_url
+from inferplane.telemetry.metrics import Metrics
+from inferplane.tenancy.keys import KeyService
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await _open(settings, metrics)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            services.accepting = False
+            await services.supervisor.stop()
+            services.keys.engine.dispose()
+
+    app = FastAPI(title="inferplane", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    for router in (
+        chat_router,
+        completion_router,
+        embedding_router,
+        models_router,
+        admin_keys.router,
+        admin_workers.router,
+        health.router,
+    ):
+        app.include_router(router)
+    app.add_middleware(
+        GatewayMiddleware, metrics=metrics, max_body_bytes=settings.server.max_body_bytes
+    )
+    return app
+
+
+async def _open(settings: Settings, metrics: Metrics) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = await asyncio.to_thread(open_database, sqlite_url(settings.data_dir))
+    keys = KeyService(engine)
+    generated = await asyncio.to_thread(keys.ensure_admin_key, settings.admin_key)
+    if generated is not None:
+        _announce_admin_key(generated)
+    supervisor = Supervisor(settings.server, metrics)
+    for spec in settings.models:
+        asset = await asyncio.to_thread(provision, spec, settings.data_dir)
+        supervisor.add(spec, asset)
+    await supervisor.start()
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        keys=keys,
+        supervisor=supervisor,
+        inference=InferenceService(supervisor, metrics),
+        started_at=int(time.time()),
+    )
+
+
+def _announce_admin_key(secret: str) -> None:
+    # Printed once, to the terminal only (never to the log); the store keeps only a hash.
+    print(
+        "\n  inferplane generated an admin key. It is shown once and stored only as a hash:\n"
+        f"\n    {secret}\n\n"
+        "  Set INFERPLANE_ADMIN_KEY to choose your own.\n",
+        file=sys.stdout,
+        flush=True,
+    )

@@ -1,0 +1,111 @@
+"""One pure-ASGI middleware for what every request needs (pure ASGI: streams pass through).
+
+- request id: the client's `x-request-id` if it is sane, else a new one;
+- body limit: bodies are read up to `max_body_bytes` before the app sees them; beyond
+  that the caller gets 413 (whether or not it sent Content-Length);
+- response headers: `x-request-id` and `x-inferplane-model-version` on every response;
+- metrics: requests by route/model/status, duration, in-flight.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferplane.errors import PayloadTooLarge
+from inferplane.telemetry.metrics import Metrics
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        sent_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent_id if _SANE_ID.match(sent_id) else "req_" + uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                version = str(state.get("model_version", "none"))
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-inferplane-model-version", version.encode()),
+                ]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            if scope["method"] in _BODY_METHODS:
+                body = await self._read_body(receive)
+                if body is None:
+                    await self._reject_too_large(send_with_headers)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            model = str(state.get("model", ""))
+            self.metrics.requests.labels(path, model, str(status)).inc()
+            self.metrics.request_duration.labels(path, model).observe(time.perf_counter() - started)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _reject_too_large(self, send: Send) -> None:
+        from inferplane.api.errors import error_response
+
+        response = error_response(PayloadTooLarge(self.max_body_bytes))
+        response.headers["connection"] = "close"
+        await response({"type": "http"}, _no_receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

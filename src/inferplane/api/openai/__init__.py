@@ -1,0 +1,1 @@
+"""OpenAI-compatible endpoints, one sub-package per endpoint."""

@@ -1,0 +1,81 @@
+"""HTTP <-> service translation for /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from inferplane.api.auth import AnyKey
+from inferplane.api.errors import parse_body
+from inferplane.api.openai import generation
+from inferplane.api.openai.chat_completion.protocol import ChatCompletionRequest
+from inferplane.api.openai.common import new_id, usage
+from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(request: Request, principal: AnyKey) -> dict[str, Any] | Response:
+    body = await parse_body(request, ChatCompletionRequest)
+    gen = await generation.start(request, principal, body.model, body.worker_payload())
+    completion_id, created = new_id("chatcmpl"), int(time.time())
+    if body.stream:
+        return generation.sse_response(
+            gen, _chunks(completion_id, created, body.model, gen.version, body.include_usage)
+        )
+    text, done = await generation.collect(gen)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "system_fingerprint": gen.version,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": done.finish_reason,
+            }
+        ],
+        "usage": usage(done.prompt_tokens, done.completion_tokens),
+    }
+
+
+def _chunks(
+    completion_id: str, created: int, model: str, version: str, include_usage: bool
+) -> generation.ChunkFormatter:
+    def chunk(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": version,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    def format_event(event: GenerationEvent) -> Iterable[dict[str, Any]]:
+        if isinstance(event, Started):
+            yield chunk({"role": "assistant", "content": ""}, None)
+        elif isinstance(event, TextDelta):
+            yield chunk({"content": event.text}, None)
+        elif isinstance(event, Finished):
+            yield chunk({}, event.finish_reason)
+            if include_usage:
+                final = chunk({}, None)
+                final["choices"] = []
+                final["usage"] = usage(event.prompt_tokens, event.completion_tokens)
+                yield final
+
+    return format_event

@@ -1,0 +1,23 @@
+"""Request schema of /v1/completions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from inferplane.api.openai.common import SamplingRequest
+
+
+class CompletionRequest(SamplingRequest):
+    # One prompt per request (n=1); a one-element list is accepted as OpenAI's SDKs send it.
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _single(cls, v: str | list[str]) -> str:
+        return v if isinstance(v, str) else v[0]
+
+    def worker_payload(self) -> dict[str, object]:
+        return {"prompt": self.prompt, **self.sampling(self.max_tokens)}

@@ -1,0 +1,94 @@
+"""Shared by chat and text completions: start a generation, collect it, or stream it as SSE."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from inferplane.api.services import services
+from inferplane.engines.supervisor import ManagedWorker
+from inferplane.errors import InferplaneError
+from inferplane.pipeline.context import RequestContext
+from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.tenancy.keys import Principal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    worker: ManagedWorker
+    events: AsyncIterator[GenerationEvent]
+    prompt_tokens: int
+
+    @property
+    def version(self) -> str:
+        return self.worker.asset.version
+
+
+async def start(
+    request: Request, principal: Principal, model: str, payload: dict[str, Any]
+) -> Generation:
+    """Resolve the model and run until the worker accepted the prompt.
+
+    Everything that can go wrong before the first token (unknown model, overload, prompt
+    too long) raises here, so it becomes a plain HTTP error, not an in-stream one.
+    """
+    svc = services(request)
+    worker = svc.inference.resolve(model, "llm")
+    request.state.model = model
+    request.state.model_version = worker.asset.version
+    ctx = RequestContext(request.state.request_id, principal)
+    events = svc.inference.generate(ctx, worker, payload)
+    first = await anext(events)
+    assert isinstance(first, Started)
+    return Generation(worker, events, first.prompt_tokens)
+
+
+async def collect(generation: Generation) -> tuple[str, Finished]:
+    parts: list[str] = []
+    async for event in generation.events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            return "".join(parts), event
+    raise InferplaneError("The generation ended without finishing.")
+
+
+ChunkFormatter = Callable[[GenerationEvent], Iterable[dict[str, Any]]]
+
+
+def sse_response(generation: Generation, format_event: ChunkFormatter) -> StreamingResponse:
+    return StreamingResponse(
+        _sse(generation.events, format_event),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+def _data(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _sse(events: AsyncIterator[GenerationEvent], fmt: ChunkFormatter) -> AsyncIterator[bytes]:
+    try:
+        for chunk in fmt(Started(0)):
+            yield _data(chunk)
+        async for event in events:
+            for chunk in fmt(event):
+                yield _data(chunk)
+    except InferplaneError as exc:
+        # Headers are sent: the failure travels as an error event, then [DONE].
+        yield _data(exc.body())
+    except Exception:
+        log.exception("stream failed")
+        yield _data(InferplaneError("The server had an error while streaming.").body())
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    yield b"data: [DONE]\n\n"

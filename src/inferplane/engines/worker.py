@@ -1,0 +1,95 @@
+"""Worker process entry point: load one model, serve it over a Unix socket, exit on EOF.
+
+    python -m inferplane.engines.worker --socket PATH --model-path PATH --spec JSON
+
+The model is loaded before the socket is bound, so a successful connect means "ready".
+The socket thread answers pings itself, so a health check works while the engine is busy.
+When the gateway's connection closes the worker exits: no orphans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from inferplane.config import ModelSpec
+from inferplane.engines.protocol import Channel, Message
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="inferplane-worker")
+    parser.add_argument("--socket", required=True, type=Path)
+    parser.add_argument("--model-path", required=True, type=Path)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="worker %(levelname)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    spec = ModelSpec.model_validate_json(args.spec)
+
+    # A Ctrl-C in the terminal is for the gateway, which drains streams before it closes
+    # the connection; the worker ends on that EOF.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    holder: list[Channel] = []
+    # The engine needs the channel to emit events, the channel needs the accepted
+    # connection; the engine is built first (the slow part), then bound to it.
+    engine = _build_engine(spec, args.model_path, _LateChannel(holder))
+    args.socket.unlink(missing_ok=True)
+    server.bind(str(args.socket))
+    server.listen(1)
+    conn, _ = server.accept()
+    server.close()
+    channel = Channel(conn)
+    holder.append(channel)
+    channel.send({"event": "hello", "info": engine.info(), "pid": os.getpid()})
+    threading.Thread(target=engine.run, name="engine", daemon=True).start()
+    for msg in channel.messages():
+        op = msg.get("op")
+        if op == "ping":
+            channel.send({"id": msg.get("id"), "event": "pong"})
+        elif op == "cancel":
+            engine.cancel(int(msg["id"]))
+        else:
+            engine.submit(msg)
+    os._exit(0)  # the gateway closed the connection
+
+
+class _LateChannel(Channel):
+    """A channel whose connection is attached after the engine is built."""
+
+    def __init__(self, holder: list[Channel]):
+        self._holder = holder
+
+    def send(self, msg: Message) -> None:
+        self._holder[0].send(msg)
+
+
+class Engine(Protocol):
+    """What a worker-side engine offers: `run` is its loop, on its own thread."""
+
+    def info(self) -> dict[str, Any]: ...
+    def submit(self, msg: Message) -> None: ...
+    def cancel(self, request_id: int) -> None: ...
+    def run(self) -> None: ...
+
+
+def _build_engine(spec: ModelSpec, path: Path, channel: Channel) -> Engine:
+    if spec.engine == "llamacpp":
+        from inferplane.engines.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(spec, path, channel)
+    from inferplane.engines.sentence_transformers import EmbeddingEngine
+
+    return EmbeddingEngine(spec, path, channel)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The one exception tree of inferplane.
+
+    InferplaneError                      500 api_error          (anything unexpected)
+    ├── InvalidRequest                   400 invalid_request_error (carries `param`)
+    │   └── ContextLengthExceeded        400 code=context_length_exceeded
+    ├── AuthenticationFailed             401 invalid_api_key
+    ├── PermissionDenied                 403 permission_denied
+    ├── NotFound                         404 (model_not_found, key_not_found, ...)
+    ├── PayloadTooLarge                  413 payload_too_large
+    ├── Overloaded                       429 queue_full (carries retry_after, queued, max_queued)
+    └── Unavailable                      503 (worker crashed / not ready; carries retry_after)
+
+Each class carries the data of its case; `status`, `type` and `code` map it to HTTP and to
+OpenAI's error envelope in one place (`api.errors`). Third-party errors are translated at
+the boundary where they occur (`raise Unavailable(...) from exc`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InferplaneError(Exception):
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(InferplaneError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+    def __init__(self, *, prompt_tokens: int, context_size: int, param: str = "messages"):
+        super().__init__(
+            f"This model's maximum context length is {context_size} tokens, but the request "
+            f"has {prompt_tokens} prompt tokens. Shorten the input.",
+            param=param,
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_size = context_size
+
+
+class AuthenticationFailed(InferplaneError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(InferplaneError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFound(InferplaneError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+        )
+        self.model = model
+
+
+class PayloadTooLarge(InferplaneError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+    def __init__(self, limit_bytes: int):
+        super().__init__(f"Request body is larger than the limit of {limit_bytes} bytes.")
+        self.limit_bytes = limit_bytes
+
+
+class Overloaded(InferplaneError):
+    """A bounded queue is full: try again after `retry_after` seconds."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, *, model: str, queued: int, max_queued: int, retry_after: int = 1):
+        super().__init__(
+            f"Model '{model}' is overloaded: {queued} requests queued (limit {max_queued}). "
+            f"Retry after {retry_after} s."
+        )
+        self.queued = queued
+        self.max_queued = max_queued
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class Unavailable(InferplaneError):
+    """The backend cannot serve right now (worker crashed, restarting or not ready)."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

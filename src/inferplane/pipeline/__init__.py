@@ -1,0 +1,1 @@
+"""The ordered request stages and the context object they share."""

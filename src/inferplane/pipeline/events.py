@@ -1,0 +1,32 @@
+"""What the invoke stage yields to the HTTP layer while a generation runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationEvent = Started | TextDelta | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: bytes  # float32, row-major, len(inputs) x dim
+    dim: int
+    tokens: list[int]  # per input

@@ -1,0 +1,1 @@
+"""Database engine, tables and Alembic migrations (SQLite by default)."""

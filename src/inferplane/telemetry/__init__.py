@@ -1,0 +1,1 @@
+"""Metrics, logs and (later) the usage ledger and traces."""

@@ -1,0 +1,68 @@
+"""Prometheus metrics, on a registry owned by the app (no module-level singletons)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "inferplane_requests_total",
+            "HTTP requests by route, model and status code.",
+            ["route", "model", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "inferplane_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            ["route", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "inferplane_time_to_first_token_seconds",
+            "Time from request to the first generated token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "inferplane_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of one response.",
+            ["model"],
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "inferplane_prompt_tokens_total", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "inferplane_completion_tokens_total", "Tokens generated.", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "inferplane_requests_in_flight", "HTTP requests being served.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "inferplane_queue_depth",
+            "Requests admitted to a model's worker and not yet finished (running + waiting).",
+            ["model"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "inferplane_worker_restarts_total",
+            "Worker processes restarted after a crash or a failed health check.",
+            ["model"],
+            registry=r,
+        )
+        self.worker_up = Gauge(
+            "inferplane_worker_up", "1 when the model's worker is ready.", ["model"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

