@@ -84,18 +84,21 @@ class EmbeddingEngine:
         return batch
 
     def _encode(self, batch: list[Message]) -> None:
+        # One tokenizer call for the whole batch, to count tokens and refuse over-long input.
+        all_ids = self._tokenizer([t for msg in batch for t in msg["input"]])["input_ids"]
         accepted: list[tuple[Message, list[int]]] = []
+        start = 0
         for msg in batch:
-            lengths = [len(ids) for ids in self._tokenizer(msg["input"])["input_ids"]]
-            longest = max(lengths, default=0)
-            if longest > self._max_len:
+            lengths = [len(ids) for ids in all_ids[start : start + len(msg["input"])]]
+            start += len(msg["input"])
+            if max(lengths, default=0) > self._max_len:
                 self._channel.send(
                     {
                         "id": msg["id"],
                         "event": "error",
                         "kind": "context_length",
                         "param": "input",
-                        "prompt_tokens": longest,
+                        "prompt_tokens": max(lengths),
                         "context_size": self._max_len,
                     }
                 )

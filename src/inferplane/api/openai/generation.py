@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
@@ -73,7 +73,7 @@ def sse_response(generation: Generation, format_event: ChunkFormatter) -> Stream
 
 
 def _data(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 async def _sse(events: AsyncIterator[GenerationEvent], fmt: ChunkFormatter) -> AsyncIterator[bytes]:

@@ -14,13 +14,14 @@ from inferplane.api.errors import parse_body
 from inferplane.api.openai import generation
 from inferplane.api.openai.chat_completion.protocol import ChatCompletionRequest
 from inferplane.api.openai.common import new_id, usage
+from inferplane.api.responses import FastJSONResponse
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
 
 router = APIRouter()
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def create_chat_completion(request: Request, principal: AnyKey) -> dict[str, Any] | Response:
+async def create_chat_completion(request: Request, principal: AnyKey) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     gen = await generation.start(request, principal, body.model, body.worker_payload())
     completion_id, created = new_id("chatcmpl"), int(time.time())
@@ -29,22 +30,24 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> dict[st
             gen, _chunks(completion_id, created, body.model, gen.version, body.include_usage)
         )
     text, done = await generation.collect(gen)
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": body.model,
-        "system_fingerprint": gen.version,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": done.finish_reason,
-            }
-        ],
-        "usage": usage(done.prompt_tokens, done.completion_tokens),
-    }
+    return FastJSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": gen.version,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": done.finish_reason,
+                }
+            ],
+            "usage": usage(done.prompt_tokens, done.completion_tokens),
+        }
+    )
 
 
 def _chunks(

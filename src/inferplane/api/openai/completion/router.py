@@ -14,13 +14,14 @@ from inferplane.api.errors import parse_body
 from inferplane.api.openai import generation
 from inferplane.api.openai.common import new_id, usage
 from inferplane.api.openai.completion.protocol import CompletionRequest
+from inferplane.api.responses import FastJSONResponse
 from inferplane.pipeline.events import Finished, GenerationEvent, TextDelta
 
 router = APIRouter()
 
 
 @router.post("/v1/completions", response_model=None)
-async def create_completion(request: Request, principal: AnyKey) -> dict[str, Any] | Response:
+async def create_completion(request: Request, principal: AnyKey) -> Response:
     body = await parse_body(request, CompletionRequest)
     gen = await generation.start(request, principal, body.model, body.worker_payload())
     completion_id, created = new_id("cmpl"), int(time.time())
@@ -31,22 +32,24 @@ async def create_completion(request: Request, principal: AnyKey) -> dict[str, An
             _chunks(completion_id, created, body.model, gen.version, body.include_usage, prefix),
         )
     text, done = await generation.collect(gen)
-    return {
-        "id": completion_id,
-        "object": "text_completion",
-        "created": created,
-        "model": body.model,
-        "system_fingerprint": gen.version,
-        "choices": [
-            {
-                "index": 0,
-                "text": prefix + text,
-                "logprobs": None,
-                "finish_reason": done.finish_reason,
-            }
-        ],
-        "usage": usage(done.prompt_tokens, done.completion_tokens),
-    }
+    return FastJSONResponse(
+        {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": gen.version,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": prefix + text,
+                    "logprobs": None,
+                    "finish_reason": done.finish_reason,
+                }
+            ],
+            "usage": usage(done.prompt_tokens, done.completion_tokens),
+        }
+    )
 
 
 def _chunks(

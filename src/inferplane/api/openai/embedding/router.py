@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from inferplane.api.auth import AnyKey
 from inferplane.api.errors import parse_body
 from inferplane.api.openai.embedding.protocol import EmbeddingRequest
+from inferplane.api.responses import FastJSONResponse
 from inferplane.api.services import services
 from inferplane.errors import InvalidRequest
 from inferplane.pipeline.context import RequestContext
@@ -18,8 +19,8 @@ from inferplane.pipeline.context import RequestContext
 router = APIRouter()
 
 
-@router.post("/v1/embeddings")
-async def create_embeddings(request: Request, principal: AnyKey) -> dict[str, Any]:
+@router.post("/v1/embeddings", response_model=None)
+async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResponse:
     body = await parse_body(request, EmbeddingRequest)
     svc = services(request)
     worker = svc.inference.resolve(body.model, "embedding")
@@ -33,19 +34,25 @@ async def create_embeddings(request: Request, principal: AnyKey) -> dict[str, An
         )
     ctx = RequestContext(request.state.request_id, principal)
     result = await svc.inference.embed(ctx, worker, body.inputs)
-    matrix = np.frombuffer(result.vectors, dtype=np.float32).reshape(-1, result.dim)
-    data = []
-    for index, row in enumerate(matrix):
-        embedding: Any = (
-            base64.b64encode(row.tobytes()).decode()
-            if body.encoding_format == "base64"
-            else row.tolist()
-        )
-        data.append({"object": "embedding", "index": index, "embedding": embedding})
     tokens = sum(result.tokens)
-    return {
-        "object": "list",
-        "data": data,
-        "model": body.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    # Returned as a ready response: FastAPI's generic encoder walks every float in Python.
+    return FastJSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": e}
+                for i, e in enumerate(_encode(result.vectors, result.dim, body.encoding_format))
+            ],
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+def _encode(vectors: bytes, dim: int, encoding_format: str) -> list[Any]:
+    if encoding_format == "base64":
+        row = dim * 4
+        return [
+            base64.b64encode(vectors[i : i + row]).decode() for i in range(0, len(vectors), row)
+        ]
+    return list(np.frombuffer(vectors, dtype=np.float32).reshape(-1, dim))
