@@ -173,8 +173,17 @@ def test_unknown_route_and_method(server: Server) -> None:
         _error(http.get(CHAT), 405)
 
 
-def test_request_id_is_echoed(server: Server) -> None:
+def test_request_id_and_model_headers(server: Server) -> None:
     with server.http() as http:
-        resp = http.get("/v1/models", headers={"x-request-id": "my-trace-123"})
-    assert resp.headers["x-request-id"] == "my-trace-123"
-    assert resp.headers["x-inferplane-model-version"]
+        listing = http.get("/v1/models", headers={"x-request-id": "my-trace-123"})
+        chat = http.post(
+            CHAT, json={"model": "gemma-3-270m", "messages": HI, "max_tokens": 2, "stream": True}
+        )
+        bad = http.post(CHAT, json={"model": "gemma-3-270m"}, headers={"x-request-id": "a b"})
+    assert listing.headers["x-request-id"] == "my-trace-123"
+    assert listing.headers["x-inferplane-model-version"] == "none"
+    assert chat.headers["x-inferplane-model-version"].startswith("sha256:")
+    assert chat.headers["x-inferplane-deployment"] == "local/gemma-3-270m"
+    assert chat.text.endswith("data: [DONE]\n\n")
+    # An unsafe client id is replaced, not echoed.
+    assert bad.headers["x-request-id"].startswith("req_")

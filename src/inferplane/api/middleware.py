@@ -3,7 +3,8 @@
 - request id: the client's `x-request-id` if it is sane, else a new one;
 - body limit: bodies are read up to `max_body_bytes` before the app sees them; beyond
   that the caller gets 413 (whether or not it sent Content-Length);
-- response headers: `x-request-id` and `x-inferplane-model-version` on every response;
+- response headers: `x-request-id`, `x-inferplane-model-version` and
+  `x-inferplane-deployment` on every response ("none" where no model served it);
 - metrics: requests by route/model/status, duration, in-flight.
 """
 
@@ -46,10 +47,12 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 version = str(state.get("model_version", "none"))
+                deployment = str(state.get("deployment", "none"))
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
                     (b"x-inferplane-model-version", version.encode()),
+                    (b"x-inferplane-deployment", deployment.encode()),
                 ]
             await send(message)
 

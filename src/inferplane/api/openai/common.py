@@ -5,8 +5,10 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inferplane.engines.supervisor import ManagedWorker
 from inferplane.errors import InvalidRequest
 
 
@@ -60,6 +62,13 @@ class SamplingRequest(_Request):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def mark_served(request: Request, worker: ManagedWorker) -> None:
+    """Record what serves this request: metrics labels and the response's headers."""
+    request.state.model = worker.spec.id
+    request.state.model_version = worker.asset.version
+    request.state.deployment = worker.deployment
 
 
 def new_id(prefix: str) -> str:

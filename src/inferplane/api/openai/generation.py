@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from inferplane.api.openai.common import mark_served, usage
 from inferplane.api.services import services
 from inferplane.engines.supervisor import ManagedWorker
 from inferplane.errors import InferplaneError
@@ -42,8 +43,7 @@ async def start(
     """
     svc = services(request)
     worker = svc.inference.resolve(model, "llm")
-    request.state.model = model
-    request.state.model_version = worker.asset.version
+    mark_served(request, worker)
     ctx = RequestContext(request.state.request_id, principal)
     events = svc.inference.generate(ctx, worker, payload)
     first = await anext(events)
@@ -62,6 +62,27 @@ async def collect(generation: Generation) -> tuple[str, Finished]:
 
 
 ChunkFormatter = Callable[[GenerationEvent], Iterable[dict[str, Any]]]
+
+
+@dataclass
+class Chunks:
+    """Builds the stream chunks of one response; the endpoint supplies the choice bodies."""
+
+    base: dict[str, Any]  # id, object, created, model, system_fingerprint
+    include_usage: bool
+
+    def chunk(self, choice: dict[str, Any] | None) -> dict[str, Any]:
+        out = {**self.base, "choices": [] if choice is None else [{"index": 0, **choice}]}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def finish(self, choice: dict[str, Any], event: Finished) -> Iterator[dict[str, Any]]:
+        yield self.chunk({**choice, "logprobs": None, "finish_reason": event.finish_reason})
+        if self.include_usage:
+            last = self.chunk(None)
+            last["usage"] = usage(event.prompt_tokens, event.completion_tokens)
+            yield last
 
 
 def sse_response(generation: Generation, format_event: ChunkFormatter) -> StreamingResponse:

@@ -53,32 +53,23 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
 def _chunks(
     completion_id: str, created: int, model: str, version: str, include_usage: bool
 ) -> generation.ChunkFormatter:
-    def chunk(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": version,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        if include_usage:
-            out["usage"] = None
-        return out
+    base = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": version,
+    }
+    chunks = generation.Chunks(base, include_usage)
 
     def format_event(event: GenerationEvent) -> Iterable[dict[str, Any]]:
         if isinstance(event, Started):
-            yield chunk({"role": "assistant", "content": ""}, None)
+            role = {"role": "assistant", "content": ""}
+            yield chunks.chunk({"delta": role, "logprobs": None, "finish_reason": None})
         elif isinstance(event, TextDelta):
-            yield chunk({"content": event.text}, None)
+            delta = {"content": event.text}
+            yield chunks.chunk({"delta": delta, "logprobs": None, "finish_reason": None})
         elif isinstance(event, Finished):
-            yield chunk({}, event.finish_reason)
-            if include_usage:
-                final = chunk({}, None)
-                final["choices"] = []
-                final["usage"] = usage(event.prompt_tokens, event.completion_tokens)
-                yield final
+            yield from chunks.finish({"delta": {}}, event)
 
     return format_event

@@ -55,32 +55,21 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
 def _chunks(
     completion_id: str, created: int, model: str, version: str, include_usage: bool, prefix: str
 ) -> generation.ChunkFormatter:
-    def chunk(text: str, finish_reason: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": version,
-            "choices": [
-                {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        if include_usage:
-            out["usage"] = None
-        return out
+    base = {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": version,
+    }
+    chunks = generation.Chunks(base, include_usage)
 
     def format_event(event: GenerationEvent) -> Iterable[dict[str, Any]]:
         if isinstance(event, TextDelta):
-            yield chunk(event.text, None)
+            yield chunks.chunk({"text": event.text, "logprobs": None, "finish_reason": None})
         elif isinstance(event, Finished):
-            yield chunk("", event.finish_reason)
-            if include_usage:
-                final = chunk("", None)
-                final["choices"] = []
-                final["usage"] = usage(event.prompt_tokens, event.completion_tokens)
-                yield final
+            yield from chunks.finish({"text": ""}, event)
         elif prefix:  # Started: echo the prompt first
-            yield chunk(prefix, None)
+            yield chunks.chunk({"text": prefix, "logprobs": None, "finish_reason": None})
 
     return format_event

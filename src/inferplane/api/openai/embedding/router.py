@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from inferplane.api.auth import AnyKey
 from inferplane.api.errors import parse_body
+from inferplane.api.openai.common import mark_served
 from inferplane.api.openai.embedding.protocol import EmbeddingRequest
 from inferplane.api.responses import FastJSONResponse
 from inferplane.api.services import services
@@ -24,8 +25,7 @@ async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResp
     body = await parse_body(request, EmbeddingRequest)
     svc = services(request)
     worker = svc.inference.resolve(body.model, "embedding")
-    request.state.model = body.model
-    request.state.model_version = worker.asset.version
+    mark_served(request, worker)
     dim = int(worker.info.get("dimensions") or 0)
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidRequest(

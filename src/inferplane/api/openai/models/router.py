@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from inferplane.api.auth import AnyKey
+from inferplane.api.openai.common import mark_served
 from inferplane.api.services import services
 from inferplane.engines.supervisor import ManagedWorker
 from inferplane.errors import ModelNotFound
@@ -42,5 +43,5 @@ async def get_model(model_id: str, request: Request, principal: AnyKey) -> dict[
     worker = svc.supervisor.workers.get(model_id)
     if worker is None:
         raise ModelNotFound(model_id)
-    request.state.model_version = worker.asset.version
+    mark_served(request, worker)
     return _card(worker, svc.started_at)
