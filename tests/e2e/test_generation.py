@@ -147,3 +147,15 @@ def test_models_listing(server: Server) -> None:
     ids = {m.id for m in client.models.list()}
     assert ids == {"gemma-3-270m", "all-minilm-l6-v2"}
     assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_max_completion_tokens_is_honoured(server: Server) -> None:
+    resp = server.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a long poem about autumn leaves."}],
+        max_completion_tokens=4,
+        temperature=0,
+    )
+    assert resp.usage is not None
+    assert resp.usage.completion_tokens == 4
+    assert resp.choices[0].finish_reason == "length"

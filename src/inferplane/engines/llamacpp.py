@@ -46,11 +46,11 @@ class Sequence:
 class LlamaCppEngine:
     """Loads a GGUF model and serves generate requests from one scheduler thread."""
 
-    def __init__(self, spec: ModelSpec, path: Path, channel: Channel):
+    def __init__(self, spec: ModelSpec, path: Path):
         from llama_cpp import Llama  # imported here: the gateway process never loads it
 
         self._spec = spec
-        self._channel = channel
+        self._channel: Channel | None = None
         self._llm = Llama(
             model_path=str(path),
             n_ctx=spec.context_size,
@@ -65,6 +65,10 @@ class LlamaCppEngine:
 
     def info(self) -> dict[str, Any]:
         return {"kind": "llm", "context_size": self._llm.n_ctx()}
+
+    def _send(self, msg: Message) -> None:
+        assert self._channel is not None, "run() attaches the channel"
+        self._channel.send(msg)
 
     def submit(self, msg: Message) -> None:
         self._waiting.put(msg)
@@ -82,7 +86,8 @@ class LlamaCppEngine:
 
     # -- the scheduler loop -------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, channel: Channel) -> None:
+        self._channel = channel
         while True:
             seq = self._admit(self._waiting.get())
             while seq is not None and self._step(seq):
@@ -95,13 +100,13 @@ class LlamaCppEngine:
         try:
             seq = self._prepare(msg)
         except InvalidRequest as exc:
-            self._channel.send(_error_event(rid, exc))
+            self._send(_error_event(rid, exc))
             return None
         except Exception as exc:
             log.exception("cannot start request %s", rid)
-            self._channel.send(_internal_error(rid, exc))
+            self._send(_internal_error(rid, exc))
             return None
-        self._channel.send({"id": rid, "event": "start", "prompt_tokens": len(seq.prompt_tokens)})
+        self._send({"id": rid, "event": "start", "prompt_tokens": len(seq.prompt_tokens)})
         return seq
 
     def _prepare(self, msg: Message) -> Sequence:
@@ -154,7 +159,7 @@ class LlamaCppEngine:
             token = next(seq.tokens)
         except Exception as exc:
             log.exception("decode failed for request %s", seq.id)
-            self._channel.send(_internal_error(seq.id, exc))
+            self._send(_internal_error(seq.id, exc))
             return False
         if self._is_end_of_generation(token):
             return self._finish(seq, "stop")
@@ -165,7 +170,7 @@ class LlamaCppEngine:
             text = text.lstrip()
             seq.lstrip = not text
         if text:
-            self._channel.send({"id": seq.id, "event": "token", "text": text})
+            self._send({"id": seq.id, "event": "token", "text": text})
         if stopped:
             return self._finish(seq, "stop", flush=False)
         if seq.generated >= seq.max_tokens:
@@ -182,8 +187,8 @@ class LlamaCppEngine:
         if flush:
             tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
             if tail:
-                self._channel.send({"id": seq.id, "event": "token", "text": tail})
-        self._channel.send(
+                self._send({"id": seq.id, "event": "token", "text": tail})
+        self._send(
             {
                 "id": seq.id,
                 "event": "done",

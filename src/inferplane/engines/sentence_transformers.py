@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddingEngine:
-    def __init__(self, spec: ModelSpec, path: Path, channel: Channel):
+    def __init__(self, spec: ModelSpec, path: Path):
         import torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
@@ -36,7 +36,7 @@ class EmbeddingEngine:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self._spec = spec
-        self._channel = channel
+        self._channel: Channel | None = None
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self._tokenizer = self._model.tokenizer
         self._max_len: int = self._model.max_seq_length or 512
@@ -49,13 +49,18 @@ class EmbeddingEngine:
             "dimensions": self._model.get_embedding_dimension() or 0,
         }
 
+    def _send(self, msg: Message) -> None:
+        assert self._channel is not None, "run() attaches the channel"
+        self._channel.send(msg)
+
     def submit(self, msg: Message) -> None:
         self._waiting.put(msg)
 
     def cancel(self, request_id: int) -> None:
         """Embedding batches are short; a cancelled request's result is simply dropped."""
 
-    def run(self) -> None:
+    def run(self, channel: Channel) -> None:
+        self._channel = channel
         while True:
             batch = self._collect()
             try:
@@ -63,7 +68,7 @@ class EmbeddingEngine:
             except Exception as exc:
                 log.exception("embedding batch failed")
                 for msg in batch:
-                    self._channel.send(
+                    self._send(
                         {"id": msg["id"], "event": "error", "kind": "internal", "message": str(exc)}
                     )
 
@@ -92,7 +97,7 @@ class EmbeddingEngine:
             lengths = [len(ids) for ids in all_ids[start : start + len(msg["input"])]]
             start += len(msg["input"])
             if max(lengths, default=0) > self._max_len:
-                self._channel.send(
+                self._send(
                     {
                         "id": msg["id"],
                         "event": "error",
@@ -114,7 +119,7 @@ class EmbeddingEngine:
         for msg, lengths in accepted:
             part = vectors[start : start + len(lengths)]
             start += len(lengths)
-            self._channel.send(
+            self._send(
                 {
                     "id": msg["id"],
                     "event": "embeddings",

@@ -37,20 +37,16 @@ def main(argv: list[str] | None = None) -> None:
     # A Ctrl-C in the terminal is for the gateway, which drains streams before it closes
     # the connection; the worker ends on that EOF.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine = _build_engine(spec, args.model_path)  # the slow part: load the model
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    holder: list[Channel] = []
-    # The engine needs the channel to emit events, the channel needs the accepted
-    # connection; the engine is built first (the slow part), then bound to it.
-    engine = _build_engine(spec, args.model_path, _LateChannel(holder))
     args.socket.unlink(missing_ok=True)
     server.bind(str(args.socket))
     server.listen(1)
     conn, _ = server.accept()
     server.close()
     channel = Channel(conn)
-    holder.append(channel)
     channel.send({"event": "hello", "info": engine.info(), "pid": os.getpid()})
-    threading.Thread(target=engine.run, name="engine", daemon=True).start()
+    threading.Thread(target=engine.run, args=(channel,), name="engine", daemon=True).start()
     for msg in channel.messages():
         op = msg.get("op")
         if op == "ping":
@@ -62,33 +58,23 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)  # the gateway closed the connection
 
 
-class _LateChannel(Channel):
-    """A channel whose connection is attached after the engine is built."""
-
-    def __init__(self, holder: list[Channel]):
-        self._holder = holder
-
-    def send(self, msg: Message) -> None:
-        self._holder[0].send(msg)
-
-
 class Engine(Protocol):
     """What a worker-side engine offers: `run` is its loop, on its own thread."""
 
     def info(self) -> dict[str, Any]: ...
     def submit(self, msg: Message) -> None: ...
     def cancel(self, request_id: int) -> None: ...
-    def run(self) -> None: ...
+    def run(self, channel: Channel) -> None: ...
 
 
-def _build_engine(spec: ModelSpec, path: Path, channel: Channel) -> Engine:
+def _build_engine(spec: ModelSpec, path: Path) -> Engine:
     if spec.engine == "llamacpp":
         from inferplane.engines.llamacpp import LlamaCppEngine
 
-        return LlamaCppEngine(spec, path, channel)
+        return LlamaCppEngine(spec, path)
     from inferplane.engines.sentence_transformers import EmbeddingEngine
 
-    return EmbeddingEngine(spec, path, channel)
+    return EmbeddingEngine(spec, path)
 
 
 if __name__ == "__main__":
