@@ -30,6 +30,7 @@ from inferplane.api.openai.models.router import router as models_router
 from inferplane.api.services import Services
 from inferplane.config import Settings
 from inferplane.engines.assets import provision
+from inferplane.engines.local import load_local_model
 from inferplane.engines.supervisor import Supervisor
 from inferplane.pipeline.service import InferenceService
 from inferplane.store.database import open_database, sqlite_url
@@ -79,16 +80,18 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     if generated is not None:
         _announce_admin_key(generated)
     supervisor = Supervisor(settings.server, metrics)
+    models = {}
     for spec in settings.models:
         asset = await asyncio.to_thread(provision, spec, settings.data_dir)
-        supervisor.add(spec, asset)
+        worker = supervisor.add(spec, asset)
+        models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker)
     await supervisor.start()
     return Services(
         settings=settings,
         metrics=metrics,
         keys=keys,
         supervisor=supervisor,
-        inference=InferenceService(supervisor, metrics),
+        inference=InferenceService(models, metrics),
         started_at=int(time.time()),
     )
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from inferplane.config import ModelSpec
-from inferplane.engines.chat_template import ChatTemplate
 from inferplane.engines.protocol import Channel, Message
 from inferplane.engines.stops import StopMatcher
 from inferplane.errors import ContextLengthExceeded, InvalidRequest
@@ -58,7 +57,6 @@ class LlamaCppEngine:
             n_batch=512,
             verbose=False,
         )
-        self._template = ChatTemplate(spec.chat_template)
         self._waiting: queue.Queue[Message] = queue.Queue()
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
@@ -110,20 +108,12 @@ class LlamaCppEngine:
         return seq
 
     def _prepare(self, msg: Message) -> Sequence:
+        """Start a sequence from the gateway's prepared tokens (template and checks done)."""
         llm = self._llm
-        stops = list(msg.get("stop") or [])
-        if msg.get("messages") is not None:
-            prompt = self._template.render(msg["messages"])
-            stops += self._spec.chat_stop
-            param = "messages"
-        else:
-            prompt = str(msg.get("prompt") or "")
-            param = "prompt"
-        tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        tokens = [int(t) for t in msg["tokens"]]
         n_ctx = llm.n_ctx()
-        if len(tokens) >= n_ctx:
-            raise ContextLengthExceeded(prompt_tokens=len(tokens), context_size=n_ctx, param=param)
-        requested = msg.get("max_tokens") or self._spec.default_max_tokens
+        if not tokens or len(tokens) >= n_ctx:
+            raise ContextLengthExceeded(prompt_tokens=len(tokens), context_size=n_ctx)
         # Evaluate every prompt from scratch: reusing a cached prefix re-evaluates its last
         # token in a different batch shape, which shifts logits enough to flip greedy
         # choices (measured: temperature 0 gave two different texts). Reproducibility
@@ -144,10 +134,10 @@ class LlamaCppEngine:
         return Sequence(
             id=int(msg["id"]),
             prompt_tokens=tokens,
-            max_tokens=min(int(requested), n_ctx - len(tokens)),
-            stops=StopMatcher(stops),
+            max_tokens=min(int(msg["max_tokens"]), n_ctx - len(tokens)),
+            stops=StopMatcher(list(msg.get("stop") or [])),
             tokens=generator,
-            lstrip=param == "messages",
+            lstrip=bool(msg.get("lstrip")),
         )
 
     def _step(self, seq: Sequence) -> bool:

@@ -1,8 +1,8 @@
 """The gateway <-> worker protocol: one JSON object per line over a Unix socket.
 
 Gateway -> worker (`op`):
-    {"op": "generate", "id": N, "prompt"|"messages": ..., "max_tokens", "temperature",
-     "top_p", "seed", "stop"}
+    {"op": "generate", "id": N, "tokens": [...], "max_tokens", "stop", "lstrip",
+     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"}
     {"op": "embed", "id": N, "input": [str, ...]}
     {"op": "cancel", "id": N}          stop working on request N (client went away)
     {"op": "ping", "id": N}            health check, answered by the socket thread
@@ -12,7 +12,7 @@ Worker -> gateway (`event`):
     {"id": N, "event": "start", "prompt_tokens": P}  prompt accepted, generation begins
     {"id": N, "event": "token", "text": "..."}       a piece of generated text
     {"id": N, "event": "done", "finish_reason", "prompt_tokens", "completion_tokens"}
-    {"id": N, "event": "embeddings", "data": base64 float32, "dim": D, "tokens": [T...]}
+    {"id": N, "event": "embeddings", "data": base64 float32, "dim": D}
     {"id": N, "event": "error", "kind": "context_length"|"invalid"|"internal", ...}
     {"id": N, "event": "pong"}
 """

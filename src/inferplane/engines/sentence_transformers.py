@@ -28,17 +28,12 @@ class EmbeddingEngine:
     def __init__(self, spec: ModelSpec, path: Path):
         import torch
         from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        # Over-long inputs are measured on purpose (to refuse them); no warning for that.
-        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self._spec = spec
         self._channel: Channel | None = None
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        self._tokenizer = self._model.tokenizer
         self._max_len: int = self._model.max_seq_length or 512
         self._waiting: queue.Queue[Message] = queue.Queue()
 
@@ -89,42 +84,20 @@ class EmbeddingEngine:
         return batch
 
     def _encode(self, batch: list[Message]) -> None:
-        # One tokenizer call for the whole batch, to count tokens and refuse over-long input.
-        all_ids = self._tokenizer([t for msg in batch for t in msg["input"]])["input_ids"]
-        accepted: list[tuple[Message, list[int]]] = []
-        start = 0
-        for msg in batch:
-            lengths = [len(ids) for ids in all_ids[start : start + len(msg["input"])]]
-            start += len(msg["input"])
-            if max(lengths, default=0) > self._max_len:
-                self._send(
-                    {
-                        "id": msg["id"],
-                        "event": "error",
-                        "kind": "context_length",
-                        "param": "input",
-                        "prompt_tokens": max(lengths),
-                        "context_size": self._max_len,
-                    }
-                )
-            else:
-                accepted.append((msg, lengths))
-        texts = [text for msg, _ in accepted for text in msg["input"]]
-        if not texts:
-            return
+        # The gateway has counted tokens and refused over-long inputs already.
+        texts = [text for msg in batch for text in msg["input"]]
         vectors = self._model.encode(
             texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False
         ).astype(np.float32, copy=False)
         start = 0
-        for msg, lengths in accepted:
-            part = vectors[start : start + len(lengths)]
-            start += len(lengths)
+        for msg in batch:
+            part = vectors[start : start + len(msg["input"])]
+            start += len(msg["input"])
             self._send(
                 {
                     "id": msg["id"],
                     "event": "embeddings",
                     "dim": int(part.shape[1]),
                     "data": base64.b64encode(np.ascontiguousarray(part).tobytes()).decode(),
-                    "tokens": lengths,
                 }
             )

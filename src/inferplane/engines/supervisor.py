@@ -64,11 +64,6 @@ class ManagedWorker:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    @property
-    def deployment(self) -> str:
-        """Where this model is served: a local worker (remote deployments come later)."""
-        return f"local/{self.spec.id}"
-
     async def start(self) -> None:
         await self._spawn()
         self._tasks = [

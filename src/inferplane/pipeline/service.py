@@ -1,4 +1,4 @@
-"""The request path: authenticate -> resolve model -> invoke -> meter.
+"""The request path: authenticate -> resolve model -> prepare -> invoke -> meter.
 
 Later stages (admission limits, guardrails, grounding, caching, routing) slot in here
 as further steps; the HTTP layer only ever calls `InferenceService`.
@@ -6,13 +6,15 @@ as further steps; the HTTP layer only ever calls `InferenceService`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from inferplane.engines.local import LocalModel
+from inferplane.engines.prompts import PreparedPrompt
 from inferplane.engines.protocol import Message
-from inferplane.engines.supervisor import ManagedWorker, Supervisor
 from inferplane.errors import (
     ContextLengthExceeded,
     InferplaneError,
@@ -23,40 +25,54 @@ from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
 from inferplane.telemetry.metrics import Metrics
 
+# Prompts longer than this are tokenized on a thread, off the event loop.
+_INLINE_TOKENIZE_BYTES = 16_384
+
 
 class InferenceService:
-    def __init__(self, supervisor: Supervisor, metrics: Metrics):
-        self._supervisor = supervisor
+    def __init__(self, models: dict[str, LocalModel], metrics: Metrics):
+        self.models = models
         self._metrics = metrics
 
-    def resolve(self, model: str, kind: str) -> ManagedWorker:
-        worker = self._supervisor.workers.get(model)
-        if worker is None:
+    def resolve(self, model: str, kind: str) -> LocalModel:
+        local = self.models.get(model)
+        if local is None:
             raise ModelNotFound(model)
-        engine_kind = "llm" if worker.spec.engine == "llamacpp" else "embedding"
-        if engine_kind != kind:
+        if local.kind != kind:
             action = "text generation" if kind == "llm" else "embeddings"
             raise InvalidRequest(
                 f"The model '{model}' does not support {action}.",
                 param="model",
                 code="model_not_supported",
             )
-        return worker
+        return local
+
+    async def prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
+        """Template + tokenize + context check, with the model's own tokenizer."""
+        assert model.prompts is not None
+        if size_hint <= _INLINE_TOKENIZE_BYTES:
+            return model.prompts.prepare(**kwargs)
+        return await asyncio.to_thread(model.prompts.prepare, **kwargs)
 
     async def generate(
-        self, ctx: RequestContext, worker: ManagedWorker, payload: dict[str, Any]
+        self,
+        ctx: RequestContext,
+        model: LocalModel,
+        prompt: PreparedPrompt,
+        sampling: dict[str, Any],
     ) -> AsyncIterator[GenerationEvent]:
         """Run one generation; the first event is always `Started` (or an error is raised)."""
-        model = worker.spec.id
-        client = await worker.client()
+        client = await model.worker.client()
         last: float | None = None
-        itl = self._metrics.inter_token_latency.labels(model)
-        async for msg in client.stream({"op": "generate", **payload}):
+        ttft = self._metrics.time_to_first_token.labels(model.id)
+        itl = self._metrics.inter_token_latency.labels(model.id)
+        payload = {"op": "generate", **prompt.worker_payload(), **sampling}
+        async for msg in client.stream(payload):
             event = msg["event"]
             if event == "token":
                 now = time.perf_counter()
                 if last is None:
-                    self._metrics.time_to_first_token.labels(model).observe(now - ctx.started)
+                    ttft.observe(now - ctx.started)
                 else:
                     itl.observe(now - last)
                 last = now
@@ -64,23 +80,27 @@ class InferenceService:
             elif event == "start":
                 yield Started(int(msg["prompt_tokens"]))
             elif event == "done":
-                self._meter(model, int(msg["prompt_tokens"]), int(msg["completion_tokens"]))
-                yield Finished(
+                done = Finished(
                     msg["finish_reason"], int(msg["prompt_tokens"]), int(msg["completion_tokens"])
                 )
+                self._meter(model.id, done.prompt_tokens, done.completion_tokens)
+                yield done
             elif event == "error":
                 raise _worker_error(msg)
 
-    async def embed(
-        self, ctx: RequestContext, worker: ManagedWorker, inputs: list[str]
-    ) -> Embeddings:
-        client = await worker.client()
+    async def embed(self, ctx: RequestContext, model: LocalModel, inputs: list[str]) -> Embeddings:
+        assert model.embedding_tokens is not None
+        counter = model.embedding_tokens
+        if sum(map(len, inputs)) <= _INLINE_TOKENIZE_BYTES:
+            tokens = counter.count(inputs)
+        else:
+            tokens = await asyncio.to_thread(counter.count, inputs)
+        client = await model.worker.client()
         async for msg in client.stream({"op": "embed", "input": inputs}):
             if msg["event"] == "error":
                 raise _worker_error(msg)
             if msg["event"] == "embeddings":
-                tokens = [int(t) for t in msg["tokens"]]
-                self._meter(worker.spec.id, sum(tokens), 0)
+                self._meter(model.id, sum(tokens), 0)
                 return Embeddings(base64.b64decode(msg["data"]), int(msg["dim"]), tokens)
         raise InferplaneError("The worker ended the request without a result.")
 

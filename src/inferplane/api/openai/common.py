@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inferplane.engines.supervisor import ManagedWorker
+from inferplane.engines.local import LocalModel
 from inferplane.errors import InvalidRequest
 
 
@@ -44,17 +44,16 @@ class SamplingRequest(_Request):
             return None
         return [v] if isinstance(v, str) else v
 
-    def sampling(self, max_tokens: int | None) -> dict[str, Any]:
+    def sampling(self) -> dict[str, Any]:
+        """The worker's sampling parameters (prompt, stops and max_tokens go separately)."""
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest(
                 "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
             )
         return {
-            "max_tokens": max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
-            "stop": self.stop or [],
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
         }
@@ -64,11 +63,11 @@ class SamplingRequest(_Request):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-def mark_served(request: Request, worker: ManagedWorker) -> None:
+def mark_served(request: Request, model: LocalModel) -> None:
     """Record what serves this request: metrics labels and the response's headers."""
-    request.state.model = worker.spec.id
-    request.state.model_version = worker.asset.version
-    request.state.deployment = worker.deployment
+    request.state.model = model.id
+    request.state.model_version = model.version
+    request.state.deployment = model.deployment
 
 
 def new_id(prefix: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import Request
@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from inferplane.api.openai.common import mark_served, usage
 from inferplane.api.services import services
-from inferplane.engines.supervisor import ManagedWorker
+from inferplane.engines.local import LocalModel
 from inferplane.errors import InferplaneError
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
@@ -24,31 +24,39 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Generation:
-    worker: ManagedWorker
+    model: LocalModel
     events: AsyncIterator[GenerationEvent]
     prompt_tokens: int
 
     @property
     def version(self) -> str:
-        return self.worker.asset.version
+        return self.model.version
 
 
-async def start(
-    request: Request, principal: Principal, model: str, payload: dict[str, Any]
-) -> Generation:
-    """Resolve the model and run until the worker accepted the prompt.
+class GenerationRequest(Protocol):
+    model: str
+
+    def prompt_input(self) -> dict[str, Any]: ...
+    def size_hint(self) -> int: ...
+    def sampling(self) -> dict[str, Any]: ...
+
+
+async def start(request: Request, principal: Principal, body: GenerationRequest) -> Generation:
+    """Resolve the model, prepare the prompt and run until the worker accepted it.
 
     Everything that can go wrong before the first token (unknown model, overload, prompt
     too long) raises here, so it becomes a plain HTTP error, not an in-stream one.
     """
     svc = services(request)
-    worker = svc.inference.resolve(model, "llm")
-    mark_served(request, worker)
+    model = svc.inference.resolve(body.model, "llm")
+    mark_served(request, model)
+    sampling = body.sampling()
+    prompt = await svc.inference.prepare(model, body.size_hint(), **body.prompt_input())
     ctx = RequestContext(request.state.request_id, principal)
-    events = svc.inference.generate(ctx, worker, payload)
+    events = svc.inference.generate(ctx, model, prompt, sampling)
     first = await anext(events)
     assert isinstance(first, Started)
-    return Generation(worker, events, first.prompt_tokens)
+    return Generation(model, events, first.prompt_tokens)
 
 
 async def collect(generation: Generation) -> tuple[str, Finished]:

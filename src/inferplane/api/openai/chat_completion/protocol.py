@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,8 +33,12 @@ class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
 
-    def worker_payload(self) -> dict[str, object]:
+    def prompt_input(self) -> dict[str, Any]:
         return {
             "messages": [{"role": m.role, "content": m.text()} for m in self.messages],
-            **self.sampling(self.max_completion_tokens or self.max_tokens),
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
+            "stop": self.stop,
         }
+
+    def size_hint(self) -> int:
+        return sum(len(m.text()) for m in self.messages)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
@@ -19,5 +19,8 @@ class CompletionRequest(SamplingRequest):
     def _single(cls, v: str | list[str]) -> str:
         return v if isinstance(v, str) else v[0]
 
-    def worker_payload(self) -> dict[str, object]:
-        return {"prompt": self.prompt, **self.sampling(self.max_tokens)}
+    def prompt_input(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "max_tokens": self.max_tokens, "stop": self.stop}
+
+    def size_hint(self) -> int:
+        return len(self.prompt)

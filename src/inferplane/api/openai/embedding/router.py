@@ -24,16 +24,16 @@ router = APIRouter()
 async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResponse:
     body = await parse_body(request, EmbeddingRequest)
     svc = services(request)
-    worker = svc.inference.resolve(body.model, "embedding")
-    mark_served(request, worker)
-    dim = int(worker.info.get("dimensions") or 0)
+    model = svc.inference.resolve(body.model, "embedding")
+    mark_served(request, model)
+    dim = int(model.worker.info.get("dimensions") or 0)
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidRequest(
             f"The model '{body.model}' returns {dim} dimensions and cannot be shortened.",
             param="dimensions",
         )
     ctx = RequestContext(request.state.request_id, principal)
-    result = await svc.inference.embed(ctx, worker, body.inputs)
+    result = await svc.inference.embed(ctx, model, body.inputs)
     tokens = sum(result.tokens)
     # Returned as a ready response: FastAPI's generic encoder walks every float in Python.
     return FastJSONResponse(

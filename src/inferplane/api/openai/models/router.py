@@ -9,21 +9,21 @@ from fastapi import APIRouter, Request
 from inferplane.api.auth import AnyKey
 from inferplane.api.openai.common import mark_served
 from inferplane.api.services import services
-from inferplane.engines.supervisor import ManagedWorker
+from inferplane.engines.local import LocalModel
 from inferplane.errors import ModelNotFound
 
 router = APIRouter()
 
 
-def _card(worker: ManagedWorker, created: int) -> dict[str, Any]:
+def _card(model: LocalModel, created: int) -> dict[str, Any]:
     return {
-        "id": worker.spec.id,
+        "id": model.id,
         "object": "model",
         "created": created,
         "owned_by": "inferplane",
-        "engine": worker.spec.engine,
-        "version": worker.asset.version,
-        "context_length": worker.info.get("context_size"),
+        "engine": model.spec.engine,
+        "version": model.version,
+        "context_length": model.worker.info.get("context_size"),
     }
 
 
@@ -33,15 +33,15 @@ async def list_models(request: Request, principal: AnyKey) -> dict[str, Any]:
     created = svc.started_at
     return {
         "object": "list",
-        "data": [_card(w, created) for w in svc.supervisor.workers.values()],
+        "data": [_card(m, created) for m in svc.inference.models.values()],
     }
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request, principal: AnyKey) -> dict[str, Any]:
     svc = services(request)
-    worker = svc.supervisor.workers.get(model_id)
-    if worker is None:
+    model = svc.inference.models.get(model_id)
+    if model is None:
         raise ModelNotFound(model_id)
-    mark_served(request, worker)
-    return _card(worker, svc.started_at)
+    mark_served(request, model)
+    return _card(model, svc.started_at)

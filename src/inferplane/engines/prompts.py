@@ -1,0 +1,97 @@
+"""Gateway-side request preparation: chat template, tokenization, context checks.
+
+Done in the gateway, not the worker, so that the exact prompt token count is known
+before admission: limits reserve prompt + max_tokens exactly, and an over-long prompt
+is refused without occupying a worker's queue. The tokenizers are the models' own
+(llama.cpp's vocabulary-only load of the GGUF; the embedding model's tokenizer.json).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inferplane.config import ModelSpec
+from inferplane.engines.chat_template import ChatTemplate
+from inferplane.errors import ContextLengthExceeded
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPrompt:
+    tokens: list[int]
+    max_tokens: int  # requested (or the model's default), clipped to the context left
+    stop: list[str]
+    lstrip: bool  # chat replies drop the whitespace a transcript template leaves
+
+    def worker_payload(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+            "lstrip": self.lstrip,
+        }
+
+
+class LlamaPrompts:
+    def __init__(self, spec: ModelSpec, path: Path):
+        from llama_cpp import Llama
+
+        self._spec = spec
+        self._vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self._template = ChatTemplate(spec.chat_template)
+
+    def prepare(
+        self,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        prompt: str | None = None,
+        max_tokens: int | None = None,
+        stop: list[str] | None = None,
+    ) -> PreparedPrompt:
+        stops = list(stop or [])
+        if messages is not None:
+            text = self._template.render(messages)
+            stops += self._spec.chat_stop
+        else:
+            text = prompt or ""
+        tokens = self._vocab.tokenize(text.encode(), add_bos=True, special=True)
+        n_ctx = self._spec.context_size
+        if len(tokens) >= n_ctx:
+            param = "messages" if messages is not None else "prompt"
+            raise ContextLengthExceeded(prompt_tokens=len(tokens), context_size=n_ctx, param=param)
+        wanted = max_tokens or self._spec.default_max_tokens
+        return PreparedPrompt(
+            tokens=tokens,
+            max_tokens=min(wanted, n_ctx - len(tokens)),
+            stop=stops,
+            lstrip=messages is not None,
+        )
+
+
+class EmbeddingTokens:
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self.max_len = _max_seq_length(path)
+
+    def count(self, inputs: list[str]) -> list[int]:
+        counts = [len(enc.ids) for enc in self._tokenizer.encode_batch(inputs)]
+        longest = max(counts, default=0)
+        if longest > self.max_len:
+            raise ContextLengthExceeded(
+                prompt_tokens=longest, context_size=self.max_len, param="input"
+            )
+        return counts
+
+
+def _max_seq_length(path: Path) -> int:
+    try:
+        config = json.loads((path / "sentence_bert_config.json").read_text())
+        return int(config["max_seq_length"])
+    except (OSError, ValueError, KeyError):
+        return 512
