@@ -5,9 +5,11 @@
     │   └── ContextLengthExceeded        400 code=context_length_exceeded
     ├── AuthenticationFailed             401 invalid_api_key
     ├── PermissionDenied                 403 permission_denied
+    │   └── ModelNotAllowed              403 model_not_allowed
     ├── NotFound                         404 (model_not_found, key_not_found, ...)
     ├── PayloadTooLarge                  413 payload_too_large
     ├── Overloaded                       429 queue_full (carries retry_after, queued, max_queued)
+    ├── RateLimited                      429 rate_limit_exceeded (carries x-ratelimit-* numbers)
     └── Unavailable                      503 (worker crashed / not ready; carries retry_after)
 
 Each class carries the data of its case; `status`, `type` and `code` map it to HTTP and to
@@ -17,6 +19,7 @@ the boundary where they occur (`raise Unavailable(...) from exc`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -76,6 +79,14 @@ class PermissionDenied(InferplaneError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+    def __init__(self, model: str):
+        super().__init__(f"This API key may not use the model '{model}'.", param="model")
+        self.model = model
 
 
 class NotFound(InferplaneError):
@@ -140,3 +151,31 @@ class Unavailable(InferplaneError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(InferplaneError):
+    """A rate limit (requests, tokens or concurrency) refused the request.
+
+    Carries the numbers of the limit that refused it; `headers` adds OpenAI's
+    `x-ratelimit-*` set and `Retry-After` (when the request would fit again).
+    """
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        ratelimit_headers: dict[str, str],
+        code: str | None = None,
+    ):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        self.ratelimit_headers = ratelimit_headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {**self.ratelimit_headers, "Retry-After": str(max(1, math.ceil(self.retry_after)))}

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from inferplane import __version__
 from inferplane.api import health
 from inferplane.api.admin import keys as admin_keys
+from inferplane.api.admin import orgs as admin_orgs
 from inferplane.api.admin import workers as admin_workers
 from inferplane.api.errors import install_error_handlers
 from inferplane.api.middleware import GatewayMiddleware
@@ -32,10 +33,12 @@ from inferplane.config import Settings
 from inferplane.engines.assets import provision
 from inferplane.engines.local import load_local_model
 from inferplane.engines.supervisor import Supervisor
+from inferplane.limits.memory import MemoryLimiter
 from inferplane.pipeline.service import InferenceService
 from inferplane.store.database import open_database, sqlite_url
 from inferplane.telemetry.metrics import Metrics
-from inferplane.tenancy.keys import KeyService
+from inferplane.tenancy.service import TenancyService
+from inferplane.tenancy.store import TenancyStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             services.accepting = False
             await services.supervisor.stop()
-            services.keys.engine.dispose()
+            services.tenancy.store.engine.dispose()
 
     app = FastAPI(title="inferplane", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -62,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         embedding_router,
         models_router,
         admin_keys.router,
+        admin_orgs.router,
         admin_workers.router,
         health.router,
     ):
@@ -75,10 +79,11 @@ def create_app(settings: Settings) -> FastAPI:
 async def _open(settings: Settings, metrics: Metrics) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = await asyncio.to_thread(open_database, sqlite_url(settings.data_dir))
-    keys = KeyService(engine)
-    generated = await asyncio.to_thread(keys.ensure_admin_key, settings.admin_key)
+    tenancy = TenancyService(TenancyStore(engine))
+    generated = await asyncio.to_thread(tenancy.store.ensure_admin_key, settings.admin_key)
     if generated is not None:
         _announce_admin_key(generated)
+    await asyncio.to_thread(tenancy.reload)
     supervisor = Supervisor(settings.server, metrics)
     models = {}
     for spec in settings.models:
@@ -89,9 +94,9 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     return Services(
         settings=settings,
         metrics=metrics,
-        keys=keys,
+        tenancy=tenancy,
         supervisor=supervisor,
-        inference=InferenceService(models, metrics),
+        inference=InferenceService(models, MemoryLimiter(), metrics),
         started_at=int(time.time()),
     )
 

@@ -8,7 +8,7 @@ from fastapi import Depends, Header, Request
 
 from inferplane.api.services import services
 from inferplane.errors import PermissionDenied, Unavailable
-from inferplane.tenancy.keys import Principal
+from inferplane.tenancy.records import Principal
 
 
 def authenticate(
@@ -17,7 +17,7 @@ def authenticate(
     svc = services(request)
     if not svc.accepting:
         raise Unavailable("The server is shutting down.", retry_after=5, code="shutting_down")
-    return svc.keys.authenticate(authorization)
+    return svc.tenancy.authenticate(authorization)
 
 
 def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:

@@ -23,7 +23,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     svc = services(request)
     workers = {m: w.ready for m, w in svc.supervisor.workers.items()}
-    store = await asyncio.to_thread(_store_ok, svc.keys.engine)
+    store = await asyncio.to_thread(_store_ok, svc.tenancy.store.engine)
     ready = svc.accepting and store and all(workers.values())
     body = {"status": "ready" if ready else "not_ready", "models": workers, "store": store}
     return JSONResponse(body, status_code=200 if ready else 503)

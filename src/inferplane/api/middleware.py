@@ -5,6 +5,7 @@
   that the caller gets 413 (whether or not it sent Content-Length);
 - response headers: `x-request-id`, `x-inferplane-model-version` and
   `x-inferplane-deployment` on every response ("none" where no model served it);
+- the admission's `x-ratelimit-*` headers, on successes as on 429s;
 - metrics: requests by route/model/status, duration, in-flight.
 """
 
@@ -54,6 +55,8 @@ class GatewayMiddleware:
                     (b"x-inferplane-model-version", version.encode()),
                     (b"x-inferplane-deployment", deployment.encode()),
                 ]
+                limits: dict[str, str] = state.get("ratelimit_headers") or {}
+                message["headers"] += [(k.encode(), v.encode()) for k, v in limits.items()]
             await send(message)
 
         self.metrics.in_flight.inc()

@@ -10,14 +10,14 @@ from inferplane.config import Settings
 from inferplane.engines.supervisor import Supervisor
 from inferplane.pipeline.service import InferenceService
 from inferplane.telemetry.metrics import Metrics
-from inferplane.tenancy.keys import KeyService
+from inferplane.tenancy.service import TenancyService
 
 
 @dataclass
 class Services:
     settings: Settings
     metrics: Metrics
-    keys: KeyService
+    tenancy: TenancyService
     supervisor: Supervisor
     inference: InferenceService
     started_at: int

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inferplane.config.defaults import DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE, default_models
+from inferplane.limits.policy import Limits
 
 EngineKind = Literal["llamacpp", "sentence_transformers"]
 Bundled = Literal["gemma3-270m-q4-k-m", "all-minilm-l6-v2"]
@@ -49,6 +50,8 @@ class ModelSpec(_Strict):
     # Strings that end a chat turn under that template (generation stops there).
     chat_stop: list[str] = Field(default_factory=lambda: list(DEFAULT_CHAT_STOP))
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    # Rate limits on the model as a whole, across every key and team.
+    limits: Limits = Limits()
     # Requests admitted to this model's worker at once (running + waiting); beyond: 429.
     max_queue: Annotated[int, Field(ge=1, le=100_000)] = 64
     # Dynamic batching of the embedding worker.

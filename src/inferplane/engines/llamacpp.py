@@ -160,7 +160,7 @@ class LlamaCppEngine:
             text = text.lstrip()
             seq.lstrip = not text
         if text:
-            self._send({"id": seq.id, "event": "token", "text": text})
+            self._send({"id": seq.id, "event": "token", "text": text, "n": seq.generated})
         if stopped:
             return self._finish(seq, "stop", flush=False)
         if seq.generated >= seq.max_tokens:
@@ -177,7 +177,7 @@ class LlamaCppEngine:
         if flush:
             tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
             if tail:
-                self._send({"id": seq.id, "event": "token", "text": tail})
+                self._send({"id": seq.id, "event": "token", "text": tail, "n": seq.generated})
         self._send(
             {
                 "id": seq.id,

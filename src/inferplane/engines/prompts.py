@@ -15,7 +15,7 @@ from typing import Any
 
 from inferplane.config import ModelSpec
 from inferplane.engines.chat_template import ChatTemplate
-from inferplane.errors import ContextLengthExceeded
+from inferplane.errors import ContextLengthExceeded, InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,15 @@ class LlamaPrompts:
         prompt: str | None = None,
         max_tokens: int | None = None,
         stop: list[str] | None = None,
+        cap: int | None = None,
     ) -> PreparedPrompt:
+        """`cap`: the most completion tokens the caller's limits allow per request."""
+        if cap is not None and max_tokens is not None and max_tokens > cap:
+            raise InvalidRequest(
+                f"max_tokens is {max_tokens}, above this key's limit of {cap} per request.",
+                param="max_tokens",
+                code="max_tokens_exceeded",
+            )
         stops = list(stop or [])
         if messages is not None:
             text = self._template.render(messages)
@@ -61,7 +69,7 @@ class LlamaPrompts:
         if len(tokens) >= n_ctx:
             param = "messages" if messages is not None else "prompt"
             raise ContextLengthExceeded(prompt_tokens=len(tokens), context_size=n_ctx, param=param)
-        wanted = max_tokens or self._spec.default_max_tokens
+        wanted = max_tokens or min(self._spec.default_max_tokens, cap or n_ctx)
         return PreparedPrompt(
             tokens=tokens,
             max_tokens=min(wanted, n_ctx - len(tokens)),

@@ -13,6 +13,7 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    tokens_so_far: int = 0  # completion tokens generated up to and including this text
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""The request path: authenticate -> resolve model -> prepare -> invoke -> meter.
+"""The request path: resolve model -> prepare -> admit -> invoke -> settle and meter.
 
-Later stages (admission limits, guardrails, grounding, caching, routing) slot in here
-as further steps; the HTTP layer only ever calls `InferenceService`.
+(Authentication runs before, in the HTTP layer's dependency.) Later stages (budgets,
+guardrails, grounding, caching, routing) slot in here; the HTTP layer only ever calls
+`InferenceService`.
 """
 
 from __future__ import annotations
@@ -19,26 +20,35 @@ from inferplane.errors import (
     ContextLengthExceeded,
     InferplaneError,
     InvalidRequest,
+    ModelNotAllowed,
     ModelNotFound,
 )
+from inferplane.limits.memory import MemoryLimiter, Reservation, Scope
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
 from inferplane.telemetry.metrics import Metrics
+from inferplane.tenancy.records import Principal
 
 # Prompts longer than this are tokenized on a thread, off the event loop.
 _INLINE_TOKENIZE_BYTES = 16_384
 
 
 class InferenceService:
-    def __init__(self, models: dict[str, LocalModel], metrics: Metrics):
+    def __init__(self, models: dict[str, LocalModel], limiter: MemoryLimiter, metrics: Metrics):
         self.models = models
+        self._limiter = limiter
         self._metrics = metrics
 
-    def resolve(self, model: str, kind: str) -> LocalModel:
+    def visible_models(self, principal: Principal) -> list[LocalModel]:
+        return [m for m in self.models.values() if principal.may_use(m.id)]
+
+    def resolve(self, principal: Principal, model: str, kind: str | None = None) -> LocalModel:
         local = self.models.get(model)
         if local is None:
             raise ModelNotFound(model)
-        if local.kind != kind:
+        if not principal.may_use(model):
+            raise ModelNotAllowed(model)
+        if kind is not None and local.kind != kind:
             action = "text generation" if kind == "llm" else "embeddings"
             raise InvalidRequest(
                 f"The model '{model}' does not support {action}.",
@@ -47,21 +57,62 @@ class InferenceService:
             )
         return local
 
-    async def prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
+    # -- admission ----------------------------------------------------------------------
+
+    @staticmethod
+    def _scopes(principal: Principal, model: LocalModel) -> list[Scope]:
+        candidates = [Scope(f"key:{principal.key.id}", principal.key.limits)]
+        if principal.team is not None:
+            candidates.append(Scope(f"team:{principal.team.id}", principal.team.limits))
+        candidates.append(Scope(f"model:{model.id}", model.spec.limits))
+        return [s for s in candidates if not s.limits.empty]
+
+    def _admit(self, ctx: RequestContext, scopes: list[Scope], tokens: int) -> Reservation:
+        reservation = self._limiter.admit(scopes, tokens)
+        ctx.ratelimit_headers = reservation.headers
+        return reservation
+
+    # -- generation ---------------------------------------------------------------------
+
+    async def generate(
+        self,
+        ctx: RequestContext,
+        model: LocalModel,
+        prompt_input: dict[str, Any],
+        size_hint: int,
+        sampling: dict[str, Any],
+    ) -> AsyncIterator[GenerationEvent]:
+        """Run one generation; the first event is always `Started` (or an error is raised)."""
+        scopes = self._scopes(ctx.principal, model)
+        caps = [s.limits.max_tokens for s in scopes if s.limits.max_tokens is not None]
+        prompt = await self._prepare(model, size_hint, cap=min(caps, default=None), **prompt_input)
+        reservation = self._admit(ctx, scopes, len(prompt.tokens) + prompt.max_tokens)
+        generated = 0
+        try:
+            async for event in self._invoke(ctx, model, prompt, sampling):
+                if isinstance(event, TextDelta):
+                    generated = event.tokens_so_far
+                elif isinstance(event, Finished):
+                    generated = event.completion_tokens
+                yield event
+        finally:
+            # A finished, failed or abandoned request: charge what was really used.
+            reservation.settle(len(prompt.tokens) + generated)
+
+    async def _prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
         """Template + tokenize + context check, with the model's own tokenizer."""
         assert model.prompts is not None
         if size_hint <= _INLINE_TOKENIZE_BYTES:
             return model.prompts.prepare(**kwargs)
         return await asyncio.to_thread(model.prompts.prepare, **kwargs)
 
-    async def generate(
+    async def _invoke(
         self,
         ctx: RequestContext,
         model: LocalModel,
         prompt: PreparedPrompt,
         sampling: dict[str, Any],
     ) -> AsyncIterator[GenerationEvent]:
-        """Run one generation; the first event is always `Started` (or an error is raised)."""
         client = await model.worker.client()
         last: float | None = None
         ttft = self._metrics.time_to_first_token.labels(model.id)
@@ -76,7 +127,7 @@ class InferenceService:
                 else:
                     itl.observe(now - last)
                 last = now
-                yield TextDelta(msg["text"])
+                yield TextDelta(msg["text"], int(msg.get("n", 0)))
             elif event == "start":
                 yield Started(int(msg["prompt_tokens"]))
             elif event == "done":
@@ -88,21 +139,27 @@ class InferenceService:
             elif event == "error":
                 raise _worker_error(msg)
 
+    # -- embeddings ---------------------------------------------------------------------
+
     async def embed(self, ctx: RequestContext, model: LocalModel, inputs: list[str]) -> Embeddings:
-        assert model.embedding_tokens is not None
         counter = model.embedding_tokens
+        assert counter is not None
         if sum(map(len, inputs)) <= _INLINE_TOKENIZE_BYTES:
             tokens = counter.count(inputs)
         else:
             tokens = await asyncio.to_thread(counter.count, inputs)
-        client = await model.worker.client()
-        async for msg in client.stream({"op": "embed", "input": inputs}):
-            if msg["event"] == "error":
-                raise _worker_error(msg)
-            if msg["event"] == "embeddings":
-                self._meter(model.id, sum(tokens), 0)
-                return Embeddings(base64.b64decode(msg["data"]), int(msg["dim"]), tokens)
-        raise InferplaneError("The worker ended the request without a result.")
+        reservation = self._admit(ctx, self._scopes(ctx.principal, model), sum(tokens))
+        try:
+            client = await model.worker.client()
+            async for msg in client.stream({"op": "embed", "input": inputs}):
+                if msg["event"] == "error":
+                    raise _worker_error(msg)
+                if msg["event"] == "embeddings":
+                    self._meter(model.id, sum(tokens), 0)
+                    return Embeddings(base64.b64decode(msg["data"]), int(msg["dim"]), tokens)
+            raise InferplaneError("The worker ended the request without a result.")
+        finally:
+            reservation.settle(sum(tokens))
 
     def _meter(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         self._metrics.prompt_tokens.labels(model).inc(prompt_tokens)

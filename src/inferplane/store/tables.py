@@ -6,17 +6,48 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+orgs = sa.Table(
+    "orgs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+teams = sa.Table(
+    "teams",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("limits", sa.JSON, nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("org_id", "name"),
+)
+
 api_keys = sa.Table(
     "api_keys",
     metadata,
+    # Ids sort by creation time (a hex timestamp prefix), which makes them cursors.
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     # sha256 of the secret; the secret itself is never stored.
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     # First characters of the secret, to tell keys apart in listings.
     sa.Column("prefix", sa.String(16), nullable=False),
-    # Space-separated scopes; "admin" may use /admin/v1.
-    sa.Column("scopes", sa.String(200), nullable=False, server_default=""),
+    sa.Column("role", sa.String(16), nullable=False, server_default="user"),
+    sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), nullable=True),
+    # Model ids or glob patterns the key may use; NULL: every model.
+    sa.Column("models", sa.JSON, nullable=True),
+    sa.Column("limits", sa.JSON, nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False, server_default="interactive"),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    # After a rotation the old secret keeps working until previous_expires_at.
+    sa.Column("previous_key_hash", sa.String(64), nullable=True),
+    sa.Column("previous_expires_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
 )

@@ -1,1 +1,1 @@
-"""Keys and principals."""
+"""Organisations, teams, keys and the principals they resolve to."""

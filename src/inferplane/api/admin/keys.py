@@ -1,40 +1,57 @@
-"""/admin/v1/keys: create (secret shown once), list, revoke."""
+"""/admin/v1/keys: create (secret shown once), get, list, update, revoke, rotate."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
+from inferplane.api.admin.common import After, Limit, apply_change
 from inferplane.api.auth import AdminKey
 from inferplane.api.errors import parse_body
 from inferplane.api.services import services
+from inferplane.tenancy.schemas import KeyCreate, KeyRotate, KeyUpdate
 
-router = APIRouter(prefix="/admin/v1")
-
-
-class CreateKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    scopes: list[Literal["admin"]] = []
+router = APIRouter(prefix="/admin/v1/keys")
 
 
-@router.post("/keys", status_code=201)
+@router.post("", status_code=201)
 async def create_key(request: Request, principal: AdminKey) -> dict[str, Any]:
-    body = await parse_body(request, CreateKey)
-    keys = services(request).keys
-    return await asyncio.to_thread(keys.create, body.name, list(body.scopes))
+    body = await parse_body(request, KeyCreate)
+    return await apply_change(request, services(request).tenancy.store.create_key, body)
 
 
-@router.get("/keys")
-async def list_keys(request: Request, principal: AdminKey) -> dict[str, Any]:
-    keys = services(request).keys
-    return {"object": "list", "data": await asyncio.to_thread(keys.list)}
+@router.get("")
+async def list_keys(
+    request: Request,
+    principal: AdminKey,
+    limit: Limit = 20,
+    after: After = None,
+    team_id: str | None = None,
+) -> dict[str, Any]:
+    store = services(request).tenancy.store
+    return await asyncio.to_thread(store.list_keys, after, limit, team_id)
 
 
-@router.delete("/keys/{key_id}")
+@router.get("/{key_id}")
+async def get_key(key_id: str, request: Request, principal: AdminKey) -> dict[str, Any]:
+    return await asyncio.to_thread(services(request).tenancy.store.get_key, key_id)
+
+
+@router.patch("/{key_id}")
+async def update_key(key_id: str, request: Request, principal: AdminKey) -> dict[str, Any]:
+    body = await parse_body(request, KeyUpdate)
+    return await apply_change(request, services(request).tenancy.store.update_key, key_id, body)
+
+
+@router.delete("/{key_id}")
 async def revoke_key(key_id: str, request: Request, principal: AdminKey) -> dict[str, Any]:
-    keys = services(request).keys
-    return await asyncio.to_thread(keys.revoke, key_id)
+    return await apply_change(request, services(request).tenancy.store.revoke_key, key_id)
+
+
+@router.post("/{key_id}/rotate")
+async def rotate_key(key_id: str, request: Request, principal: AdminKey) -> dict[str, Any]:
+    raw = await request.body()
+    body = await parse_body(request, KeyRotate) if raw.strip() else KeyRotate()
+    return await apply_change(request, services(request).tenancy.store.rotate_key, key_id, body)

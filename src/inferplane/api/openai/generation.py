@@ -17,7 +17,7 @@ from inferplane.engines.local import LocalModel
 from inferplane.errors import InferplaneError
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
-from inferplane.tenancy.keys import Principal
+from inferplane.tenancy.records import Principal
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,16 @@ async def start(request: Request, principal: Principal, body: GenerationRequest)
     too long) raises here, so it becomes a plain HTTP error, not an in-stream one.
     """
     svc = services(request)
-    model = svc.inference.resolve(body.model, "llm")
+    model = svc.inference.resolve(principal, body.model, "llm")
     mark_served(request, model)
-    sampling = body.sampling()
-    prompt = await svc.inference.prepare(model, body.size_hint(), **body.prompt_input())
     ctx = RequestContext(request.state.request_id, principal)
-    events = svc.inference.generate(ctx, model, prompt, sampling)
-    first = await anext(events)
+    events = svc.inference.generate(
+        ctx, model, body.prompt_input(), body.size_hint(), body.sampling()
+    )
+    try:
+        first = await anext(events)
+    finally:
+        request.state.ratelimit_headers = ctx.ratelimit_headers
     assert isinstance(first, Started)
     return Generation(model, events, first.prompt_tokens)
 

@@ -33,7 +33,7 @@ async def list_models(request: Request, principal: AnyKey) -> dict[str, Any]:
     created = svc.started_at
     return {
         "object": "list",
-        "data": [_card(m, created) for m in svc.inference.models.values()],
+        "data": [_card(m, created) for m in svc.inference.visible_models(principal)],
     }
 
 
@@ -41,7 +41,7 @@ async def list_models(request: Request, principal: AnyKey) -> dict[str, Any]:
 async def get_model(model_id: str, request: Request, principal: AnyKey) -> dict[str, Any]:
     svc = services(request)
     model = svc.inference.models.get(model_id)
-    if model is None:
-        raise ModelNotFound(model_id)
+    if model is None or not principal.may_use(model_id):
+        raise ModelNotFound(model_id)  # a model the key may not use is not revealed
     mark_served(request, model)
     return _card(model, svc.started_at)

@@ -1,0 +1,30 @@
+"""Shared by the admin routers: cursor pagination and snapshot-swapping changes.
+
+Lists take `?limit=&after=` and answer `{"data": [...], "next": cursor-or-null}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Query, Request
+
+from inferplane.api.services import services
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+After = Annotated[str | None, Query(max_length=64)]
+T = TypeVar("T")
+
+
+async def apply_change(request: Request, action: Callable[..., T], *args: Any) -> T:
+    """Apply a change in the store, then swap in the new snapshot before answering."""
+    tenancy = services(request).tenancy
+
+    def run() -> T:
+        result = action(*args)
+        tenancy.reload()
+        return result
+
+    return await asyncio.to_thread(run)

@@ -1,0 +1,1 @@
+"""Rate limits (requests/tokens per minute, concurrency, max tokens) and, later, budgets."""

@@ -1,0 +1,181 @@
+"""The in-memory limiter: exact sliding-window RPM/TPM and concurrency, per scope.
+
+Algorithm (a sliding log, so "N per minute" means N in *any* 60 s window, not N per
+clock minute): each scope keeps the admission times of its requests and, per admitted
+request, its token reservation. Admission purges entries older than the window, checks
+every scope of the request (key, team, model), and commits to all of them or none.
+The reservation is the worst case (prompt + max_tokens); `Reservation.settle` replaces
+it with the actual count when the request ends, so unused tokens go back to the window.
+Single-threaded (the event loop), so check-and-commit is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from inferplane.errors import RateLimited
+from inferplane.limits.policy import Limits
+
+WINDOW_S = 60.0
+
+
+@dataclass
+class _ScopeState:
+    requests: deque[float] = field(default_factory=deque)
+    # reservation id -> [admitted at, tokens]; insertion order is time order.
+    tokens: dict[int, list[float]] = field(default_factory=dict)
+    token_total: int = 0
+    in_flight: int = 0
+
+    def purge(self, now: float) -> None:
+        horizon = now - WINDOW_S
+        while self.requests and self.requests[0] <= horizon:
+            self.requests.popleft()
+        for rid, (at, amount) in list(self.tokens.items()):
+            if at > horizon:
+                break
+            del self.tokens[rid]
+            self.token_total -= int(amount)
+
+    def token_wait(self, now: float, needed: int, limit: int) -> float:
+        """Seconds until `needed` more tokens fit under `limit` (inf if they never can)."""
+        if needed > limit:
+            return float("inf")
+        excess = self.token_total + needed - limit
+        for at, amount in self.tokens.values():
+            excess -= int(amount)
+            if excess <= 0:
+                return at + WINDOW_S - now
+        return 0.0
+
+
+@dataclass(frozen=True)
+class Scope:
+    name: str  # "key:<id>", "team:<id>", "model:<id>"
+    limits: Limits
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: '1s', '6m0s', '250ms'."""
+    if seconds < 1:
+        return f"{max(0, int(seconds * 1000))}ms"
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes)}m{secs:.0f}s" if minutes else f"{secs:.3g}s"
+
+
+class Reservation:
+    """One admitted request's hold on its scopes; settle and release exactly once."""
+
+    def __init__(self, rid: int, states: list[_ScopeState], reserved: int, headers: dict[str, str]):
+        self._rid = rid
+        self._states = states
+        self.reserved = reserved
+        self.headers = headers
+        self._done = False
+
+    def settle(self, actual_tokens: int) -> None:
+        """Replace the reservation by what was used, and free the concurrency slot."""
+        if self._done:
+            return
+        self._done = True
+        for state in self._states:
+            entry = state.tokens.get(self._rid)
+            if entry is not None:  # still inside the window
+                state.token_total += actual_tokens - int(entry[1])
+                entry[1] = actual_tokens
+            state.in_flight -= 1
+
+
+class MemoryLimiter:
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._states: dict[str, _ScopeState] = {}
+        self._ids = itertools.count(1)
+
+    def admit(self, scopes: list[Scope], tokens: int) -> Reservation:
+        now = self._clock()
+        checked = []
+        for scope in scopes:
+            state = self._states.setdefault(scope.name, _ScopeState())
+            state.purge(now)
+            self._check(scope, state, now, tokens)
+            checked.append((scope, state))
+        rid = next(self._ids)
+        for _, state in checked:
+            state.requests.append(now)
+            state.tokens[rid] = [now, tokens]
+            state.token_total += tokens
+            state.in_flight += 1
+        headers = self._headers(checked, now)
+        return Reservation(rid, [s for _, s in checked], tokens, headers)
+
+    def _check(self, scope: Scope, state: _ScopeState, now: float, tokens: int) -> None:
+        lim = scope.limits
+        if lim.max_parallel is not None and state.in_flight >= lim.max_parallel:
+            raise RateLimited(
+                f"Too many requests in flight for {scope.name}: limit {lim.max_parallel}.",
+                retry_after=1,
+                ratelimit_headers=self._headers([(scope, state)], now),
+                code="concurrency_limit_exceeded",
+            )
+        if lim.rpm is not None and len(state.requests) >= lim.rpm:
+            wait = state.requests[0] + WINDOW_S - now
+            raise RateLimited(
+                f"Rate limit reached for {scope.name}: {lim.rpm} requests per minute. "
+                f"Try again in {_duration(wait)}.",
+                retry_after=wait,
+                ratelimit_headers=self._headers([(scope, state)], now),
+            )
+        if lim.tpm is not None and state.token_total + tokens > lim.tpm:
+            wait = state.token_wait(now, tokens, lim.tpm)
+            if wait == float("inf"):
+                message = (
+                    f"Request too large for {scope.name}: {tokens} tokens (prompt + max_tokens) "
+                    f"exceed the limit of {lim.tpm} tokens per minute. Lower max_tokens."
+                )
+                wait = WINDOW_S
+            else:
+                message = (
+                    f"Rate limit reached for {scope.name}: {lim.tpm} tokens per minute, "
+                    f"{state.token_total} used, {tokens} requested. "
+                    f"Try again in {_duration(wait)}."
+                )
+            raise RateLimited(
+                message,
+                retry_after=wait,
+                ratelimit_headers=self._headers([(scope, state)], now),
+                code="tokens_limit_exceeded" if wait < WINDOW_S else "request_too_large",
+            )
+
+    @staticmethod
+    def _headers(checked: list[tuple[Scope, _ScopeState]], now: float) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* for the tightest scope of each kind."""
+        headers: dict[str, str] = {}
+        req = [
+            (s.limits.rpm - len(st.requests), s.limits.rpm, st)
+            for s, st in checked
+            if s.limits.rpm is not None
+        ]
+        if req:
+            remaining, limit, st = min(req, key=lambda r: r[0])
+            reset = st.requests[-1] + WINDOW_S - now if st.requests else 0.0
+            headers["x-ratelimit-limit-requests"] = str(limit)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, remaining))
+            headers["x-ratelimit-reset-requests"] = _duration(reset)
+        tok = [
+            (s.limits.tpm - st.token_total, s.limits.tpm, st)
+            for s, st in checked
+            if s.limits.tpm is not None
+        ]
+        if tok:
+            remaining, limit, st = min(tok, key=lambda r: r[0])
+            last = next(reversed(st.tokens.values()), None)
+            reset = last[0] + WINDOW_S - now if last else 0.0
+            headers["x-ratelimit-limit-tokens"] = str(limit)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, remaining))
+            headers["x-ratelimit-reset-tokens"] = _duration(reset)
+        return headers

@@ -1,0 +1,335 @@
+"""Tenancy in the database: orgs, teams and keys (synchronous; call from a thread)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+import sqlalchemy as sa
+
+from inferplane.errors import InvalidRequest, NotFound
+from inferplane.limits.policy import Limits
+from inferplane.store.tables import api_keys, orgs, teams
+from inferplane.tenancy.records import Credential, KeyRecord, Principal, Snapshot, TeamRecord
+from inferplane.tenancy.schemas import (
+    KeyCreate,
+    KeyRotate,
+    KeyUpdate,
+    OrgCreate,
+    TeamCreate,
+    TeamUpdate,
+)
+from inferplane.tenancy.secrets import generate_key, hash_key, new_id
+
+ADMIN_KEY_ID = "key_admin"
+MAX_PAGE = 100
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything is written in UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _epoch(value: datetime | None) -> int | None:
+    value = utc(value)
+    return None if value is None else int(value.timestamp())
+
+
+def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"object": "list", "data": rows, "next": rows[-1]["id"] if more else None}
+
+
+def _org_view(row: sa.Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "organization",
+        "name": row.name,
+        "created_at": _epoch(row.created_at),
+    }
+
+
+def _team_view(row: sa.Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "team",
+        "name": row.name,
+        "org_id": row.org_id,
+        "limits": row.limits,
+        "metadata": row.metadata,
+        "created_at": _epoch(row.created_at),
+    }
+
+
+def _key_view(row: sa.Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "api_key",
+        "name": row.name,
+        "prefix": row.prefix,
+        "role": row.role,
+        "team_id": row.team_id,
+        "models": row.models,
+        "limits": row.limits,
+        "priority": row.priority,
+        "metadata": row.metadata,
+        "expires_at": _epoch(row.expires_at),
+        "created_at": _epoch(row.created_at),
+        "updated_at": _epoch(row.updated_at),
+        "revoked_at": _epoch(row.revoked_at),
+    }
+
+
+class TenancyStore:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    # -- snapshot -----------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        with self.engine.connect() as conn:
+            team_rows = conn.execute(sa.select(teams)).all()
+            key_rows = conn.execute(sa.select(api_keys).where(api_keys.c.revoked_at.is_(None)))
+            team_map = {
+                t.id: TeamRecord(t.id, t.org_id, t.name, Limits.model_validate(t.limits))
+                for t in team_rows
+            }
+            creds: dict[str, Credential] = {}
+            for k in key_rows:
+                record = KeyRecord(
+                    id=k.id,
+                    name=k.name,
+                    role=k.role,
+                    team_id=k.team_id,
+                    models=tuple(k.models) if k.models is not None else None,
+                    limits=Limits.model_validate(k.limits),
+                    priority=k.priority,
+                    expires_at=utc(k.expires_at),
+                )
+                principal = Principal(record, team_map.get(k.team_id) if k.team_id else None)
+                creds[k.key_hash] = Credential(principal, record.expires_at)
+                if k.previous_key_hash and k.previous_expires_at:
+                    grace_end = utc(k.previous_expires_at)
+                    if record.expires_at is not None and grace_end is not None:
+                        grace_end = min(grace_end, record.expires_at)
+                    creds[k.previous_key_hash] = Credential(principal, grace_end)
+        return Snapshot(MappingProxyType(creds))
+
+    # -- orgs and teams -----------------------------------------------------------------
+
+    def create_org(self, cmd: OrgCreate) -> dict[str, Any]:
+        org_id = new_id("org")
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(orgs.c.id).where(orgs.c.name == cmd.name)).first():
+                raise InvalidRequest(f"An organization named '{cmd.name}' exists.", param="name")
+            conn.execute(
+                orgs.insert().values(id=org_id, name=cmd.name, created_at=datetime.now(UTC))
+            )
+        return self.get_org(org_id)
+
+    def get_org(self, org_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(orgs).where(orgs.c.id == org_id)).first()
+        if row is None:
+            raise NotFound(f"No organization with id '{org_id}'.", param="id", code="org_not_found")
+        return _org_view(row)
+
+    def list_orgs(self, after: str | None, limit: int) -> dict[str, Any]:
+        return _page([_org_view(r) for r in self._list(orgs, after, limit)], limit)
+
+    def create_team(self, cmd: TeamCreate) -> dict[str, Any]:
+        team_id = new_id("team")
+        with self.engine.begin() as conn:
+            if not conn.execute(sa.select(orgs.c.id).where(orgs.c.id == cmd.org_id)).first():
+                raise InvalidRequest(f"No organization '{cmd.org_id}'.", param="org_id")
+            clash = conn.execute(
+                sa.select(teams.c.id).where(teams.c.org_id == cmd.org_id, teams.c.name == cmd.name)
+            ).first()
+            if clash:
+                raise InvalidRequest(f"The organization has a team '{cmd.name}'.", param="name")
+            conn.execute(
+                teams.insert().values(
+                    id=team_id,
+                    org_id=cmd.org_id,
+                    name=cmd.name,
+                    limits=cmd.limits.model_dump(exclude_none=True),
+                    metadata=cmd.metadata,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        return self.get_team(team_id)
+
+    def get_team(self, team_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(teams).where(teams.c.id == team_id)).first()
+        if row is None:
+            raise NotFound(f"No team with id '{team_id}'.", param="id", code="team_not_found")
+        return _team_view(row)
+
+    def list_teams(self, after: str | None, limit: int, org_id: str | None) -> dict[str, Any]:
+        where = [teams.c.org_id == org_id] if org_id else []
+        return _page([_team_view(r) for r in self._list(teams, after, limit, where)], limit)
+
+    def update_team(self, team_id: str, cmd: TeamUpdate) -> dict[str, Any]:
+        self.get_team(team_id)
+        values: dict[str, Any] = {}
+        if cmd.name is not None:
+            values["name"] = cmd.name
+        if cmd.limits is not None:
+            values["limits"] = cmd.limits.model_dump(exclude_none=True)
+        if cmd.metadata is not None:
+            values["metadata"] = cmd.metadata
+        if values:
+            with self.engine.begin() as conn:
+                conn.execute(teams.update().where(teams.c.id == team_id).values(**values))
+        return self.get_team(team_id)
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def create_key(self, cmd: KeyCreate) -> dict[str, Any]:
+        secret = generate_key()
+        key_id = new_id("key")
+        with self.engine.begin() as conn:
+            if (
+                cmd.team_id is not None
+                and not conn.execute(sa.select(teams.c.id).where(teams.c.id == cmd.team_id)).first()
+            ):
+                raise InvalidRequest(f"No team '{cmd.team_id}'.", param="team_id")
+            conn.execute(
+                api_keys.insert().values(
+                    id=key_id,
+                    name=cmd.name,
+                    key_hash=hash_key(secret),
+                    prefix=secret[:8],
+                    role=cmd.role,
+                    team_id=cmd.team_id,
+                    models=cmd.models,
+                    limits=cmd.limits.model_dump(exclude_none=True),
+                    metadata=cmd.metadata,
+                    priority=cmd.priority,
+                    expires_at=cmd.expires_at,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        return {**self.get_key(key_id), "key": secret}
+
+    def get_key(self, key_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+        if row is None:
+            raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
+        return _key_view(row)
+
+    def list_keys(self, after: str | None, limit: int, team_id: str | None) -> dict[str, Any]:
+        where = [api_keys.c.team_id == team_id] if team_id else []
+        return _page([_key_view(r) for r in self._list(api_keys, after, limit, where)], limit)
+
+    def update_key(self, key_id: str, cmd: KeyUpdate) -> dict[str, Any]:
+        self._live_key(key_id)
+        values: dict[str, Any] = {
+            k: v for k, v in cmd.model_dump(exclude_unset=True).items() if k != "limits"
+        }
+        if cmd.limits is not None:
+            values["limits"] = cmd.limits.model_dump(exclude_none=True)
+        values["updated_at"] = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
+        return self.get_key(key_id)
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        if key_id == ADMIN_KEY_ID:
+            raise InvalidRequest(
+                "The admin key cannot be revoked; rotate it with INFERPLANE_ADMIN_KEY.",
+                param="id",
+            )
+        self.get_key(key_id)
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+        return {**self.get_key(key_id), "deleted": True}
+
+    def rotate_key(self, key_id: str, cmd: KeyRotate) -> dict[str, Any]:
+        row = self._live_key(key_id)
+        secret = generate_key()
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id)
+                .values(
+                    key_hash=hash_key(secret),
+                    prefix=secret[:8],
+                    previous_key_hash=row.key_hash if cmd.grace_seconds else None,
+                    previous_expires_at=now + timedelta(seconds=cmd.grace_seconds),
+                    updated_at=now,
+                )
+            )
+        return {**self.get_key(key_id), "key": secret}
+
+    def ensure_admin_key(self, secret: str | None) -> str | None:
+        """Install the admin key. Returns a newly generated secret to print once, or None.
+
+        With `secret` given (INFERPLANE_ADMIN_KEY) its hash replaces the stored one.
+        Without, a key is generated only if there is no admin key yet.
+        """
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                sa.select(api_keys.c.key_hash).where(api_keys.c.id == ADMIN_KEY_ID)
+            ).first()
+            if secret is None and existing is not None:
+                return None
+            generated = None
+            if secret is None:
+                secret = generated = generate_key()
+            values = {
+                "key_hash": hash_key(secret),
+                "prefix": secret[:8],
+                "revoked_at": None,
+                "previous_key_hash": None,
+            }
+            if existing is None:
+                conn.execute(
+                    api_keys.insert().values(
+                        id=ADMIN_KEY_ID,
+                        name="admin",
+                        role="admin",
+                        limits={},
+                        metadata={},
+                        created_at=datetime.now(UTC),
+                        **values,
+                    )
+                )
+            else:
+                conn.execute(
+                    api_keys.update().where(api_keys.c.id == ADMIN_KEY_ID).values(**values)
+                )
+        return generated
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _live_key(self, key_id: str) -> sa.Row[Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+        if row is None or row.revoked_at is not None:
+            raise NotFound(
+                f"No active API key with id '{key_id}'.", param="id", code="key_not_found"
+            )
+        return row
+
+    def _list(
+        self, table: sa.Table, after: str | None, limit: int, where: list[Any] | None = None
+    ) -> list[sa.Row[Any]]:
+        query = sa.select(table).order_by(table.c.id).limit(min(limit, MAX_PAGE) + 1)
+        for clause in where or []:
+            query = query.where(clause)
+        if after:
+            query = query.where(table.c.id > after)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
