@@ -42,9 +42,7 @@ class _ScopeState:
             self.token_total -= int(amount)
 
     def token_wait(self, now: float, needed: int, limit: int) -> float:
-        """Seconds until `needed` more tokens fit under `limit` (inf if they never can)."""
-        if needed > limit:
-            return float("inf")
+        """Seconds until `needed` (<= limit) more tokens fit under `limit`."""
         excess = self.token_total + needed - limit
         for at, amount in self.tokens.values():
             excess -= int(amount)
@@ -131,13 +129,13 @@ class MemoryLimiter:
                 ratelimit_headers=self._headers([(scope, state)], now),
             )
         if lim.tpm is not None and state.token_total + tokens > lim.tpm:
-            wait = state.token_wait(now, tokens, lim.tpm)
-            if wait == float("inf"):
+            too_large = tokens > lim.tpm
+            wait = WINDOW_S if too_large else state.token_wait(now, tokens, lim.tpm)
+            if too_large:
                 message = (
                     f"Request too large for {scope.name}: {tokens} tokens (prompt + max_tokens) "
                     f"exceed the limit of {lim.tpm} tokens per minute. Lower max_tokens."
                 )
-                wait = WINDOW_S
             else:
                 message = (
                     f"Rate limit reached for {scope.name}: {lim.tpm} tokens per minute, "
@@ -148,7 +146,7 @@ class MemoryLimiter:
                 message,
                 retry_after=wait,
                 ratelimit_headers=self._headers([(scope, state)], now),
-                code="tokens_limit_exceeded" if wait < WINDOW_S else "request_too_large",
+                code="request_too_large" if too_large else "tokens_limit_exceeded",
             )
 
     @staticmethod
