@@ -21,6 +21,7 @@ from inferplane import __version__
 from inferplane.api import health
 from inferplane.api.admin import keys as admin_keys
 from inferplane.api.admin import orgs as admin_orgs
+from inferplane.api.admin import usage as admin_usage
 from inferplane.api.admin import workers as admin_workers
 from inferplane.api.errors import install_error_handlers
 from inferplane.api.middleware import GatewayMiddleware
@@ -34,8 +35,10 @@ from inferplane.engines.assets import provision
 from inferplane.engines.local import load_local_model
 from inferplane.engines.supervisor import Supervisor
 from inferplane.limits.memory import MemoryLimiter
+from inferplane.limits.pricing import PriceBook
 from inferplane.pipeline.service import InferenceService
 from inferplane.store.database import open_database, sqlite_url
+from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.service import TenancyService
 from inferplane.tenancy.store import TenancyStore
@@ -55,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             services.accepting = False
             await services.supervisor.stop()
+            await services.ledger.close()  # flush every record of an answered request
             services.tenancy.store.engine.dispose()
 
     app = FastAPI(title="inferplane", version=__version__, lifespan=lifespan)
@@ -66,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         models_router,
         admin_keys.router,
         admin_orgs.router,
+        admin_usage.router,
         admin_workers.router,
         health.router,
     ):
@@ -84,6 +89,13 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     if generated is not None:
         _announce_admin_key(generated)
     await asyncio.to_thread(tenancy.reload)
+    prices = PriceBook(engine)
+    await asyncio.to_thread(prices.load)
+    for spec in settings.models:
+        if spec.pricing is not None:
+            await asyncio.to_thread(prices.set, spec.id, spec.pricing)
+    ledger = UsageLedger(engine, settings.data_dir / "ledger")
+    await ledger.start()
     supervisor = Supervisor(settings.server, metrics)
     models = {}
     for spec in settings.models:
@@ -96,7 +108,9 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         metrics=metrics,
         tenancy=tenancy,
         supervisor=supervisor,
-        inference=InferenceService(models, MemoryLimiter(), metrics),
+        prices=prices,
+        ledger=ledger,
+        inference=InferenceService(models, MemoryLimiter(), prices, ledger, metrics),
         started_at=int(time.time()),
     )
 

@@ -22,7 +22,7 @@ def error_response(exc: InferplaneError) -> JSONResponse:
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     # Drop pydantic's union-branch tags ("str", "list[str]", "function-after[...]").
     parts = [p for p in parts if not (("[" in p and "]" in p) or p in {"str", "int", "float"})]
     if not parts:

@@ -8,7 +8,9 @@ from fastapi import Request
 
 from inferplane.config import Settings
 from inferplane.engines.supervisor import Supervisor
+from inferplane.limits.pricing import PriceBook
 from inferplane.pipeline.service import InferenceService
+from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.service import TenancyService
 
@@ -18,6 +20,8 @@ class Services:
     settings: Settings
     metrics: Metrics
     tenancy: TenancyService
+    prices: PriceBook
+    ledger: UsageLedger
     supervisor: Supervisor
     inference: InferenceService
     started_at: int

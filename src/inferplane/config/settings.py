@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from inferplane.config.defaults import DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE, default_models
 from inferplane.limits.policy import Limits
+from inferplane.limits.pricing import Price
 
 EngineKind = Literal["llamacpp", "sentence_transformers"]
 Bundled = Literal["gemma3-270m-q4-k-m", "all-minilm-l6-v2"]
@@ -52,6 +53,8 @@ class ModelSpec(_Strict):
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
     # Rate limits on the model as a whole, across every key and team.
     limits: Limits = Limits()
+    # What a request costs (also settable with PUT /admin/v1/pricing/{model}).
+    pricing: Price | None = None
     # Requests admitted to this model's worker at once (running + waiting); beyond: 429.
     max_queue: Annotated[int, Field(ge=1, le=100_000)] = 64
     # Dynamic batching of the embedding worker.

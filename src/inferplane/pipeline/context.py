@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from inferplane.tenancy.records import Principal
@@ -12,6 +13,11 @@ from inferplane.tenancy.records import Principal
 class RequestContext:
     request_id: str
     principal: Principal
+    endpoint: str  # "chat.completions", "completions", "embeddings"
+    user: str | None = None  # the end user the caller acts for (OpenAI's `user`)
     started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    # The ledger's key: unique per request even when callers reuse their x-request-id.
+    ledger_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # x-ratelimit-* headers of the admission, for the response.
     ratelimit_headers: dict[str, str] = field(default_factory=dict)

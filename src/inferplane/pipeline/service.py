@@ -22,21 +22,36 @@ from inferplane.errors import (
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
+    Unavailable,
 )
 from inferplane.limits.memory import MemoryLimiter, Reservation, Scope
+from inferplane.limits.pricing import PriceBook
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
+from inferplane.telemetry.ledger import UsageLedger, UsageRecord, now_iso
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.records import Principal
 
+# Served (200) and abandoned-by-the-caller (499) requests cost what they used; failures
+# of ours cost nothing.
+_BILLED = frozenset({200, 499})
 # Prompts longer than this are tokenized on a thread, off the event loop.
 _INLINE_TOKENIZE_BYTES = 16_384
 
 
 class InferenceService:
-    def __init__(self, models: dict[str, LocalModel], limiter: MemoryLimiter, metrics: Metrics):
+    def __init__(
+        self,
+        models: dict[str, LocalModel],
+        limiter: MemoryLimiter,
+        prices: PriceBook,
+        ledger: UsageLedger,
+        metrics: Metrics,
+    ):
         self.models = models
         self._limiter = limiter
+        self._prices = prices
+        self._ledger = ledger
         self._metrics = metrics
 
     def visible_models(self, principal: Principal) -> list[LocalModel]:
@@ -68,6 +83,12 @@ class InferenceService:
         return [s for s in candidates if not s.limits.empty]
 
     def _admit(self, ctx: RequestContext, scopes: list[Scope], tokens: int) -> Reservation:
+        if not self._ledger.accepting:
+            raise Unavailable(
+                "Usage cannot be recorded (the ledger's spool is full); try again later.",
+                retry_after=30,
+                code="ledger_unavailable",
+            )
         reservation = self._limiter.admit(scopes, tokens)
         ctx.ratelimit_headers = reservation.headers
         return reservation
@@ -87,17 +108,24 @@ class InferenceService:
         caps = [s.limits.max_tokens for s in scopes if s.limits.max_tokens is not None]
         prompt = await self._prepare(model, size_hint, cap=min(caps, default=None), **prompt_input)
         reservation = self._admit(ctx, scopes, len(prompt.tokens) + prompt.max_tokens)
-        generated = 0
+        generated, status = 0, 499  # 499: the caller went away, unless we learn otherwise
         try:
             async for event in self._invoke(ctx, model, prompt, sampling):
                 if isinstance(event, TextDelta):
                     generated = event.tokens_so_far
                 elif isinstance(event, Finished):
-                    generated = event.completion_tokens
+                    generated, status = event.completion_tokens, 200
                 yield event
+        except InferplaneError as exc:
+            status = exc.status
+            raise
+        except Exception:
+            status = 500
+            raise
         finally:
             # A finished, failed or abandoned request: charge what was really used.
             reservation.settle(len(prompt.tokens) + generated)
+            self._account(ctx, model, len(prompt.tokens), generated, status)
 
     async def _prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
         """Template + tokenize + context check, with the model's own tokenizer."""
@@ -123,6 +151,7 @@ class InferenceService:
             if event == "token":
                 now = time.perf_counter()
                 if last is None:
+                    ctx.first_token_at = now
                     ttft.observe(now - ctx.started)
                 else:
                     itl.observe(now - last)
@@ -149,6 +178,7 @@ class InferenceService:
         else:
             tokens = await asyncio.to_thread(counter.count, inputs)
         reservation = self._admit(ctx, self._scopes(ctx.principal, model), sum(tokens))
+        status = 499
         try:
             client = await model.worker.client()
             async for msg in client.stream({"op": "embed", "input": inputs}):
@@ -156,10 +186,48 @@ class InferenceService:
                     raise _worker_error(msg)
                 if msg["event"] == "embeddings":
                     self._meter(model.id, sum(tokens), 0)
+                    status = 200
                     return Embeddings(base64.b64decode(msg["data"]), int(msg["dim"]), tokens)
             raise InferplaneError("The worker ended the request without a result.")
+        except InferplaneError as exc:
+            status = exc.status
+            raise
+        except Exception:
+            status = 500
+            raise
         finally:
             reservation.settle(sum(tokens))
+            self._account(ctx, model, sum(tokens), 0, status)
+
+    def _account(
+        self, ctx: RequestContext, model: LocalModel, prompt: int, completion: int, status: int
+    ) -> None:
+        """Write the request's ledger record (before its response is answered)."""
+        price = self._prices.get(model.id)
+        now = time.perf_counter()
+        team = ctx.principal.team
+        self._ledger.record(
+            UsageRecord(
+                id=ctx.ledger_id,
+                request_id=ctx.request_id,
+                created_at=now_iso(),
+                org_id=team.org_id if team else None,
+                team_id=team.id if team else None,
+                key_id=ctx.principal.key.id,
+                user=ctx.user,
+                endpoint=ctx.endpoint,
+                model=model.id,
+                deployment=model.deployment,
+                model_version=model.version,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cost_nusd=price.cost_nusd(prompt, completion) if price and status in _BILLED else 0,
+                price_id=price.id if price else None,
+                latency_ms=(now - ctx.started) * 1000,
+                ttft_ms=(ctx.first_token_at - ctx.started) * 1000 if ctx.first_token_at else None,
+                status=status,
+            )
+        )
 
     def _meter(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         self._metrics.prompt_tokens.labels(model).inc(prompt_tokens)

@@ -51,3 +51,42 @@ api_keys = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
 )
+
+# One row per price version: usage rows point at the version that priced them.
+prices = sa.Table(
+    "prices",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(128), nullable=False, index=True),
+    sa.Column("input_per_million", sa.Float, nullable=False),
+    sa.Column("output_per_million", sa.Float, nullable=False),
+    sa.Column("per_request", sa.Float, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The usage ledger: one row per admitted request, keyed by its request id, so a record
+# replayed from the local journal after a crash is never counted twice.
+usage_records = sa.Table(
+    "usage_records",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("org_id", sa.String(40), nullable=True),
+    sa.Column("team_id", sa.String(40), nullable=True, index=True),
+    sa.Column("key_id", sa.String(40), nullable=False, index=True),
+    sa.Column("user", sa.String(256), nullable=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("deployment", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(80), nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    # Cost in nano-USD: integers add up exactly.
+    sa.Column("cost_nusd", sa.BigInteger, nullable=False),
+    sa.Column("price_id", sa.Integer, sa.ForeignKey("prices.id"), nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("ttft_ms", sa.Float, nullable=True),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("cache_hit", sa.Boolean, nullable=False),
+)

@@ -35,13 +35,16 @@ class Generation:
 
 class GenerationRequest(Protocol):
     model: str
+    user: str | None
 
     def prompt_input(self) -> dict[str, Any]: ...
     def size_hint(self) -> int: ...
     def sampling(self) -> dict[str, Any]: ...
 
 
-async def start(request: Request, principal: Principal, body: GenerationRequest) -> Generation:
+async def start(
+    request: Request, principal: Principal, body: GenerationRequest, endpoint: str
+) -> Generation:
     """Resolve the model, prepare the prompt and run until the worker accepted it.
 
     Everything that can go wrong before the first token (unknown model, overload, prompt
@@ -50,7 +53,7 @@ async def start(request: Request, principal: Principal, body: GenerationRequest)
     svc = services(request)
     model = svc.inference.resolve(principal, body.model, "llm")
     mark_served(request, model)
-    ctx = RequestContext(request.state.request_id, principal)
+    ctx = RequestContext(request.state.request_id, principal, endpoint, user=body.user)
     events = svc.inference.generate(
         ctx, model, body.prompt_input(), body.size_hint(), body.sampling()
     )
@@ -64,11 +67,15 @@ async def start(request: Request, principal: Principal, body: GenerationRequest)
 
 async def collect(generation: Generation) -> tuple[str, Finished]:
     parts: list[str] = []
-    async for event in generation.events:
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-        elif isinstance(event, Finished):
-            return "".join(parts), event
+    try:
+        async for event in generation.events:
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif isinstance(event, Finished):
+                return "".join(parts), event
+    finally:
+        # Closing runs the pipeline's settle-and-record step before we answer.
+        await generation.events.aclose()  # type: ignore[attr-defined]
     raise InferplaneError("The generation ended without finishing.")
 
 

@@ -23,7 +23,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(request: Request, principal: AnyKey) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
-    gen = await generation.start(request, principal, body)
+    gen = await generation.start(request, principal, body, "chat.completions")
     completion_id, created = new_id("chatcmpl"), int(time.time())
     if body.stream:
         return generation.sse_response(

@@ -23,7 +23,7 @@ router = APIRouter()
 @router.post("/v1/completions", response_model=None)
 async def create_completion(request: Request, principal: AnyKey) -> Response:
     body = await parse_body(request, CompletionRequest)
-    gen = await generation.start(request, principal, body)
+    gen = await generation.start(request, principal, body, "completions")
     completion_id, created = new_id("cmpl"), int(time.time())
     prefix = str(body.prompt) if body.echo else ""
     if body.stream:

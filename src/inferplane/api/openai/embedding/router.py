@@ -32,7 +32,7 @@ async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResp
             f"The model '{body.model}' returns {dim} dimensions and cannot be shortened.",
             param="dimensions",
         )
-    ctx = RequestContext(request.state.request_id, principal)
+    ctx = RequestContext(request.state.request_id, principal, "embeddings", user=body.user)
     try:
         result = await svc.inference.embed(ctx, model, body.inputs)
     finally:
