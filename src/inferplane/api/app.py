@@ -34,10 +34,13 @@ from inferplane.config import Settings
 from inferplane.engines.assets import provision
 from inferplane.engines.local import load_local_model
 from inferplane.engines.supervisor import Supervisor
+from inferplane.limits.budgets import BudgetTracker
 from inferplane.limits.memory import MemoryLimiter
 from inferplane.limits.pricing import PriceBook
+from inferplane.pipeline.admission import Admitter
 from inferplane.pipeline.service import InferenceService
 from inferplane.store.database import open_database, sqlite_url
+from inferplane.telemetry.alerts import BudgetAlerts
 from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.service import TenancyService
@@ -84,18 +87,19 @@ def create_app(settings: Settings) -> FastAPI:
 async def _open(settings: Settings, metrics: Metrics) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = await asyncio.to_thread(open_database, sqlite_url(settings.data_dir))
-    tenancy = TenancyService(TenancyStore(engine))
+    budgets = BudgetTracker(alert=BudgetAlerts(metrics, settings.server.alert_webhook_url))
+    tenancy = TenancyService(TenancyStore(engine), budgets)
     generated = await asyncio.to_thread(tenancy.store.ensure_admin_key, settings.admin_key)
     if generated is not None:
         _announce_admin_key(generated)
-    await asyncio.to_thread(tenancy.reload)
     prices = PriceBook(engine)
     await asyncio.to_thread(prices.load)
     for spec in settings.models:
         if spec.pricing is not None:
             await asyncio.to_thread(prices.set, spec.id, spec.pricing)
     ledger = UsageLedger(engine, settings.data_dir / "ledger")
-    await ledger.start()
+    await ledger.start()  # replays a crash's journal first, so budgets see all spend
+    await asyncio.to_thread(tenancy.reload)
     supervisor = Supervisor(settings.server, metrics)
     models = {}
     for spec in settings.models:
@@ -110,7 +114,9 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         supervisor=supervisor,
         prices=prices,
         ledger=ledger,
-        inference=InferenceService(models, MemoryLimiter(), prices, ledger, metrics),
+        inference=InferenceService(
+            models, Admitter(MemoryLimiter(), budgets, prices, ledger), ledger, metrics
+        ),
         started_at=int(time.time()),
     )
 

@@ -90,6 +90,8 @@ class ServerSettings(_Strict):
     # Health checks: a worker that does not answer a ping in time is killed and restarted.
     health_interval_s: Annotated[float, Field(gt=0)] = 5.0
     health_timeout_s: Annotated[float, Field(gt=0)] = 20.0
+    # Budget alerts (soft thresholds) are logged, counted, and POSTed here when set.
+    alert_webhook_url: str | None = None
 
 
 class FileConfig(_Strict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,3 +20,17 @@ class Limits(BaseModel):
     @property
     def empty(self) -> bool:
         return not (self.rpm or self.tpm or self.max_parallel or self.max_tokens)
+
+
+class Budget(BaseModel):
+    """Spend cap in USD per period; `soft_pct` of it raises an alert, all of it refuses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    usd: Annotated[float, Field(gt=0, le=1e9)]
+    period: Literal["day", "week", "month", "total"] = "month"
+    soft_pct: Annotated[int, Field(ge=1, le=100)] = 80
+
+    @property
+    def cap_nusd(self) -> int:
+        return round(self.usd * 1e9)

@@ -1,4 +1,4 @@
-"""The request path: resolve model -> prepare -> admit -> invoke -> settle and meter.
+"""The request path: resolve model -> prepare -> admit -> invoke -> settle and record.
 
 (Authentication runs before, in the HTTP layer's dependency.) Later stages (budgets,
 guardrails, grounding, caching, routing) slot in here; the HTTP layer only ever calls
@@ -22,10 +22,8 @@ from inferplane.errors import (
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
-    Unavailable,
 )
-from inferplane.limits.memory import MemoryLimiter, Reservation, Scope
-from inferplane.limits.pricing import PriceBook
+from inferplane.pipeline.admission import Admission, Admitter, rate_scopes
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
 from inferplane.telemetry.ledger import UsageLedger, UsageRecord, now_iso
@@ -43,14 +41,12 @@ class InferenceService:
     def __init__(
         self,
         models: dict[str, LocalModel],
-        limiter: MemoryLimiter,
-        prices: PriceBook,
+        admitter: Admitter,
         ledger: UsageLedger,
         metrics: Metrics,
     ):
         self.models = models
-        self._limiter = limiter
-        self._prices = prices
+        self._admitter = admitter
         self._ledger = ledger
         self._metrics = metrics
 
@@ -72,27 +68,6 @@ class InferenceService:
             )
         return local
 
-    # -- admission ----------------------------------------------------------------------
-
-    @staticmethod
-    def _scopes(principal: Principal, model: LocalModel) -> list[Scope]:
-        candidates = [Scope(f"key:{principal.key.id}", principal.key.limits)]
-        if principal.team is not None:
-            candidates.append(Scope(f"team:{principal.team.id}", principal.team.limits))
-        candidates.append(Scope(f"model:{model.id}", model.spec.limits))
-        return [s for s in candidates if not s.limits.empty]
-
-    def _admit(self, ctx: RequestContext, scopes: list[Scope], tokens: int) -> Reservation:
-        if not self._ledger.accepting:
-            raise Unavailable(
-                "Usage cannot be recorded (the ledger's spool is full); try again later.",
-                retry_after=30,
-                code="ledger_unavailable",
-            )
-        reservation = self._limiter.admit(scopes, tokens)
-        ctx.ratelimit_headers = reservation.headers
-        return reservation
-
     # -- generation ---------------------------------------------------------------------
 
     async def generate(
@@ -104,10 +79,11 @@ class InferenceService:
         sampling: dict[str, Any],
     ) -> AsyncIterator[GenerationEvent]:
         """Run one generation; the first event is always `Started` (or an error is raised)."""
-        scopes = self._scopes(ctx.principal, model)
+        scopes = rate_scopes(ctx.principal, model)
         caps = [s.limits.max_tokens for s in scopes if s.limits.max_tokens is not None]
         prompt = await self._prepare(model, size_hint, cap=min(caps, default=None), **prompt_input)
-        reservation = self._admit(ctx, scopes, len(prompt.tokens) + prompt.max_tokens)
+        n_prompt = len(prompt.tokens)
+        admission = self._admitter.admit(ctx, model, scopes, n_prompt, prompt.max_tokens)
         generated, status = 0, 499  # 499: the caller went away, unless we learn otherwise
         try:
             async for event in self._invoke(ctx, model, prompt, sampling):
@@ -124,8 +100,7 @@ class InferenceService:
             raise
         finally:
             # A finished, failed or abandoned request: charge what was really used.
-            reservation.settle(len(prompt.tokens) + generated)
-            self._account(ctx, model, len(prompt.tokens), generated, status)
+            self._finish(ctx, model, admission, n_prompt, generated, status)
 
     async def _prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
         """Template + tokenize + context check, with the model's own tokenizer."""
@@ -177,7 +152,8 @@ class InferenceService:
             tokens = counter.count(inputs)
         else:
             tokens = await asyncio.to_thread(counter.count, inputs)
-        reservation = self._admit(ctx, self._scopes(ctx.principal, model), sum(tokens))
+        scopes = rate_scopes(ctx.principal, model)
+        admission = self._admitter.admit(ctx, model, scopes, sum(tokens), 0)
         status = 499
         try:
             client = await model.worker.client()
@@ -196,14 +172,21 @@ class InferenceService:
             status = 500
             raise
         finally:
-            reservation.settle(sum(tokens))
-            self._account(ctx, model, sum(tokens), 0, status)
+            self._finish(ctx, model, admission, sum(tokens), 0, status)
 
-    def _account(
-        self, ctx: RequestContext, model: LocalModel, prompt: int, completion: int, status: int
+    def _finish(
+        self,
+        ctx: RequestContext,
+        model: LocalModel,
+        admission: Admission,
+        prompt: int,
+        completion: int,
+        status: int,
     ) -> None:
-        """Write the request's ledger record (before its response is answered)."""
-        price = self._prices.get(model.id)
+        """Settle the admission and write the ledger record (before the response ends)."""
+        cost = admission.cost(prompt, completion) if status in _BILLED else 0
+        admission.settle(prompt + completion, cost)
+        price = admission.price
         now = time.perf_counter()
         team = ctx.principal.team
         self._ledger.record(
@@ -221,7 +204,7 @@ class InferenceService:
                 model_version=model.version,
                 prompt_tokens=prompt,
                 completion_tokens=completion,
-                cost_nusd=price.cost_nusd(prompt, completion) if price and status in _BILLED else 0,
+                cost_nusd=cost,
                 price_id=price.id if price else None,
                 latency_ms=(now - ctx.started) * 1000,
                 ttft_ms=(ctx.first_token_at - ctx.started) * 1000 if ctx.first_token_at else None,

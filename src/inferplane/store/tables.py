@@ -21,6 +21,7 @@ teams = sa.Table(
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("limits", sa.JSON, nullable=False),
+    sa.Column("budget", sa.JSON, nullable=True),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("org_id", "name"),
@@ -41,6 +42,7 @@ api_keys = sa.Table(
     # Model ids or glob patterns the key may use; NULL: every model.
     sa.Column("models", sa.JSON, nullable=True),
     sa.Column("limits", sa.JSON, nullable=False),
+    sa.Column("budget", sa.JSON, nullable=True),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("priority", sa.String(16), nullable=False, server_default="interactive"),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),

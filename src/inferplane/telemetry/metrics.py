@@ -60,6 +60,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.budget_alerts = Counter(
+            "inferplane_budget_alerts_total",
+            "Budgets that crossed their soft threshold, by scope kind.",
+            ["scope"],
+            registry=r,
+        )
         self.worker_up = Gauge(
             "inferplane_worker_up", "1 when the model's worker is ready.", ["model"], registry=r
         )

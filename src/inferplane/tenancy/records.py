@@ -7,7 +7,7 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 
-from inferplane.limits.policy import Limits
+from inferplane.limits.policy import Budget, Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,7 @@ class TeamRecord:
     org_id: str
     name: str
     limits: Limits
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class KeyRecord:
     limits: Limits
     priority: str  # "interactive" or "batch"
     expires_at: datetime | None
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)

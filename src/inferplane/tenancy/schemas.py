@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inferplane.limits.policy import Limits
+from inferplane.limits.policy import Budget, Limits
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Metadata = Annotated[dict[str, str], Field(max_length=64)]
@@ -37,12 +37,14 @@ class TeamCreate(_Command):
     name: Name
     org_id: Annotated[str, Field(min_length=1)]
     limits: Limits = Limits()
+    budget: Budget | None = None
     metadata: Metadata = {}
 
 
 class TeamUpdate(_Command):
     name: Name | None = None
     limits: Limits | None = None
+    budget: Budget | None = None
     metadata: Metadata | None = None
 
 
@@ -52,6 +54,7 @@ class KeyCreate(_Command):
     role: Literal["user", "admin"] = "user"
     models: ModelPatterns | None = None
     limits: Limits = Limits()
+    budget: Budget | None = None
     expires_at: datetime | None = None
     priority: Literal["interactive", "batch"] = "interactive"
     metadata: Metadata = {}
@@ -63,6 +66,7 @@ class KeyUpdate(_Command):
     name: Name | None = None
     models: ModelPatterns | None = None
     limits: Limits | None = None
+    budget: Budget | None = None
     expires_at: datetime | None = None
     priority: Literal["interactive", "batch"] | None = None
     metadata: Metadata | None = None

@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from inferplane.errors import InvalidRequest, NotFound
-from inferplane.limits.policy import Limits
-from inferplane.store.tables import api_keys, orgs, teams
+from inferplane.limits.policy import Budget, Limits
+from inferplane.store.tables import api_keys, orgs, teams, usage_records
 from inferplane.tenancy.records import Credential, KeyRecord, Principal, Snapshot, TeamRecord
 from inferplane.tenancy.schemas import (
     KeyCreate,
@@ -31,6 +31,10 @@ def utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _budget(raw: dict[str, Any] | None) -> Budget | None:
+    return Budget.model_validate(raw) if raw else None
 
 
 def _epoch(value: datetime | None) -> int | None:
@@ -75,6 +79,7 @@ def _key_view(row: sa.Row[Any]) -> dict[str, Any]:
         "team_id": row.team_id,
         "models": row.models,
         "limits": row.limits,
+        "budget": row.budget,
         "priority": row.priority,
         "metadata": row.metadata,
         "expires_at": _epoch(row.expires_at),
@@ -95,7 +100,9 @@ class TenancyStore:
             team_rows = conn.execute(sa.select(teams)).all()
             key_rows = conn.execute(sa.select(api_keys).where(api_keys.c.revoked_at.is_(None)))
             team_map = {
-                t.id: TeamRecord(t.id, t.org_id, t.name, Limits.model_validate(t.limits))
+                t.id: TeamRecord(
+                    t.id, t.org_id, t.name, Limits.model_validate(t.limits), _budget(t.budget)
+                )
                 for t in team_rows
             }
             creds: dict[str, Credential] = {}
@@ -109,6 +116,7 @@ class TenancyStore:
                     limits=Limits.model_validate(k.limits),
                     priority=k.priority,
                     expires_at=utc(k.expires_at),
+                    budget=_budget(k.budget),
                 )
                 principal = Principal(record, team_map.get(k.team_id) if k.team_id else None)
                 creds[k.key_hash] = Credential(principal, record.expires_at)
@@ -157,6 +165,7 @@ class TenancyStore:
                     org_id=cmd.org_id,
                     name=cmd.name,
                     limits=cmd.limits.model_dump(exclude_none=True),
+                    budget=cmd.budget.model_dump() if cmd.budget else None,
                     metadata=cmd.metadata,
                     created_at=datetime.now(UTC),
                 )
@@ -183,6 +192,8 @@ class TenancyStore:
             values["limits"] = cmd.limits.model_dump(exclude_none=True)
         if cmd.metadata is not None:
             values["metadata"] = cmd.metadata
+        if "budget" in cmd.model_fields_set:
+            values["budget"] = cmd.budget.model_dump() if cmd.budget else None
         if values:
             with self.engine.begin() as conn:
                 conn.execute(teams.update().where(teams.c.id == team_id).values(**values))
@@ -209,6 +220,7 @@ class TenancyStore:
                     team_id=cmd.team_id,
                     models=cmd.models,
                     limits=cmd.limits.model_dump(exclude_none=True),
+                    budget=cmd.budget.model_dump() if cmd.budget else None,
                     metadata=cmd.metadata,
                     priority=cmd.priority,
                     expires_at=cmd.expires_at,
@@ -231,10 +243,14 @@ class TenancyStore:
     def update_key(self, key_id: str, cmd: KeyUpdate) -> dict[str, Any]:
         self._live_key(key_id)
         values: dict[str, Any] = {
-            k: v for k, v in cmd.model_dump(exclude_unset=True).items() if k != "limits"
+            k: v
+            for k, v in cmd.model_dump(exclude_unset=True).items()
+            if k not in ("limits", "budget")
         }
         if cmd.limits is not None:
             values["limits"] = cmd.limits.model_dump(exclude_none=True)
+        if "budget" in cmd.model_fields_set:
+            values["budget"] = cmd.budget.model_dump() if cmd.budget else None
         values["updated_at"] = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
@@ -333,3 +349,13 @@ class TenancyStore:
             query = query.where(table.c.id > after)
         with self.engine.connect() as conn:
             return list(conn.execute(query))
+
+
+def spent_since(engine: sa.Engine, column: str, scope_id: str, since: datetime) -> int:
+    """nano-USD recorded in the ledger for one key or team since `since`."""
+    col = usage_records.c[column]
+    query = sa.select(sa.func.coalesce(sa.func.sum(usage_records.c.cost_nusd), 0)).where(
+        col == scope_id, usage_records.c.created_at >= since.replace(tzinfo=None)
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
