@@ -1,4 +1,4 @@
-"""`inferplane serve [--config FILE] [--host H] [--port P]`."""
+"""`inferplane serve [--config FILE] [--host H] [--port P]`, `keys ...`, `usage report`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from inferplane.cli import keys, usage
 from inferplane.config import ConfigError, load_settings
 
 
@@ -17,9 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--config", type=Path, help="YAML file naming the models to serve")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.set_defaults(run=_serve)
+    keys.register(commands)
+    usage.register(commands)
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        _serve(args)
+    args.run(args)
 
 
 def _serve(args: argparse.Namespace) -> None:
