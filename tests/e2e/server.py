@@ -34,14 +34,18 @@ class Server:
     data_dir: Path
     admin_key: str | None = None
     output: list[str] = field(default_factory=list)
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def client(self, key: str | None = None, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(
+        """An official openai client (closed when the server stops)."""
+        client = openai.OpenAI(
             base_url=self.base_url + "/v1",
             api_key=key or self.admin_key or "",
             max_retries=0,
             **kwargs,  # type: ignore[arg-type]
         )
+        self.clients.append(client)
+        return client
 
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.admin_key}"}
@@ -63,9 +67,12 @@ def running_server(
     *,
     admin_key: str | None = "ipk-test-admin",
     config: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     port = free_port()
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERPLANE_")}
+    env.update(extra)
     env["INFERPLANE_DATA_DIR"] = str(data_dir)
     if admin_key:
         env["INFERPLANE_ADMIN_KEY"] = admin_key
@@ -81,6 +88,8 @@ def running_server(
         _wait_ready(server)
         yield server
     finally:
+        for client in server.clients:
+            client.close()
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

@@ -86,7 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 async def _open(settings: Settings, metrics: Metrics) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = await asyncio.to_thread(open_database, sqlite_url(settings.data_dir))
+    url = settings.database_url or sqlite_url(settings.data_dir)
+    engine = await asyncio.to_thread(open_database, url)
     budgets = BudgetTracker(alert=BudgetAlerts(metrics, settings.server.alert_webhook_url))
     tenancy = TenancyService(TenancyStore(engine), budgets)
     generated = await asyncio.to_thread(tenancy.store.ensure_admin_key, settings.admin_key)

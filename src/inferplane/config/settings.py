@@ -5,6 +5,10 @@ Environment variables (each declared here once):
     INFERPLANE_DATA_DIR   where the SQLite store and provisioned weights live (./.inferplane)
     INFERPLANE_ADMIN_KEY  the admin key; when unset one is generated on first start,
                           printed once and stored only as a hash
+    INFERPLANE_DATABASE_URL  the control plane's store; default SQLite in the data dir,
+                          or postgresql[+asyncpg|+psycopg]://... shared by replicas
+    INFERPLANE_REDIS_URL  redis://...: limits, budgets and change notices shared by
+                          replicas (default: in memory, one replica)
 
 The YAML file given to `inferplane serve --config FILE` has the shape of `FileConfig`;
 an unknown or misspelt key stops start-up with a message naming it.
@@ -112,6 +116,8 @@ class FileConfig(_Strict):
 class Settings(_Strict):
     data_dir: Path
     admin_key: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
     server: ServerSettings = ServerSettings()
     models: list[ModelSpec]
 
@@ -155,6 +161,8 @@ def load_settings(
         return Settings(
             data_dir=Path(env.get("INFERPLANE_DATA_DIR") or "./.inferplane").absolute(),
             admin_key=env.get("INFERPLANE_ADMIN_KEY") or None,
+            database_url=env.get("INFERPLANE_DATABASE_URL") or None,
+            redis_url=env.get("INFERPLANE_REDIS_URL") or None,
             server=ServerSettings.model_validate(server),
             models=[
                 ModelSpec.model_validate(m) for m in (file_cfg.get("models") or default_models())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from inferplane.store.database import db_time
 from inferplane.store.tables import usage_records as u
 
 GROUPS: dict[str, tuple[str, sa.ColumnElement[Any]]] = {
@@ -31,13 +32,6 @@ FILTERS = {
     "model": u.c.model,
     "user": u.c.user,
 }
-
-
-def _utc_naive(value: datetime) -> datetime:
-    # Rows are written in UTC; compare in UTC whatever offset the caller used.
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None)
 
 
 def query_usage(
@@ -65,9 +59,9 @@ def query_usage(
         sa.func.sum(sa.case((u.c.status >= 400, 1), else_=0)).label("errors"),
     ).group_by(*[c for c in columns])
     if start is not None:
-        query = query.where(u.c.created_at >= _utc_naive(start))
+        query = query.where(u.c.created_at >= db_time(engine, start))
     if end is not None:
-        query = query.where(u.c.created_at < _utc_naive(end))
+        query = query.where(u.c.created_at < db_time(engine, end))
     for name, value in (filters or {}).items():
         query = query.where(FILTERS[name] == value)
     query = query.order_by(*[c for c in columns]) if columns else query

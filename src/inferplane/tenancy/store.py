@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from inferplane.errors import InvalidRequest, NotFound
 from inferplane.limits.policy import Budget, Limits
+from inferplane.store.database import db_time
 from inferplane.store.tables import api_keys, orgs, teams, usage_records
 from inferplane.tenancy.records import Credential, KeyRecord, Principal, Snapshot, TeamRecord
 from inferplane.tenancy.schemas import (
@@ -355,7 +356,7 @@ def spent_since(engine: sa.Engine, column: str, scope_id: str, since: datetime) 
     """nano-USD recorded in the ledger for one key or team since `since`."""
     col = usage_records.c[column]
     query = sa.select(sa.func.coalesce(sa.func.sum(usage_records.c.cost_nusd), 0)).where(
-        col == scope_id, usage_records.c.created_at >= since.replace(tzinfo=None)
+        col == scope_id, usage_records.c.created_at >= db_time(engine, since)
     )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
