@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev serve test lint bench clean
+.PHONY: install install-dev system-deps serve test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -30,7 +30,14 @@ lint: install-dev
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: lint
+# The scale-out tests start real PostgreSQL 15 and Redis servers (Debian packages).
+system-deps:
+	@command -v redis-server >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq redis-server)
+	@test -x /usr/lib/postgresql/15/bin/initdb || \
+		(apt-get update -qq && apt-get install -y -qq postgresql-15)
+
+test: lint system-deps
 	$(BIN)/pytest
 
 bench: install-dev

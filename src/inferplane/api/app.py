@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from inferplane import __version__
@@ -35,11 +36,13 @@ from inferplane.engines.assets import provision
 from inferplane.engines.local import load_local_model
 from inferplane.engines.supervisor import Supervisor
 from inferplane.limits.budgets import BudgetTracker
-from inferplane.limits.memory import MemoryLimiter
+from inferplane.limits.memory import Limiter, MemoryLimiter
 from inferplane.limits.pricing import PriceBook
+from inferplane.limits.redis_limiter import RedisLimiter
 from inferplane.pipeline.admission import Admitter
 from inferplane.pipeline.service import InferenceService
 from inferplane.store.database import open_database, sqlite_url
+from inferplane.store.notices import ChangeNotices
 from inferplane.telemetry.alerts import BudgetAlerts
 from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
@@ -62,6 +65,10 @@ def create_app(settings: Settings) -> FastAPI:
             services.accepting = False
             await services.supervisor.stop()
             await services.ledger.close()  # flush every record of an answered request
+            if services.notices is not None:
+                await services.notices.stop()
+            if services.redis is not None:
+                await services.redis.aclose()
             services.tenancy.store.engine.dispose()
 
     app = FastAPI(title="inferplane", version=__version__, lifespan=lifespan)
@@ -101,6 +108,24 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     ledger = UsageLedger(engine, settings.data_dir / "ledger")
     await ledger.start()  # replays a crash's journal first, so budgets see all spend
     await asyncio.to_thread(tenancy.reload)
+    limiter: Limiter = MemoryLimiter()
+    notices, client = None, None
+    if settings.redis_url:
+        client = aioredis.from_url(
+            settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        limiter = RedisLimiter(
+            client,
+            failure_mode=settings.server.redis_failure_mode,
+            replicas=settings.server.replicas,
+        )
+
+        async def on_change() -> None:
+            await asyncio.to_thread(tenancy.reload)
+            await asyncio.to_thread(prices.load)
+
+        notices = ChangeNotices(client, on_change)
+        await notices.start()
     supervisor = Supervisor(settings.server, metrics)
     models = {}
     for spec in settings.models:
@@ -116,8 +141,10 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         prices=prices,
         ledger=ledger,
         inference=InferenceService(
-            models, Admitter(MemoryLimiter(), budgets, prices, ledger), ledger, metrics
+            models, Admitter(limiter, budgets, prices, ledger), ledger, metrics
         ),
+        notices=notices,
+        redis=client,
         started_at=int(time.time()),
     )
 

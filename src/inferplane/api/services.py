@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from fastapi import Request
 
 from inferplane.config import Settings
 from inferplane.engines.supervisor import Supervisor
 from inferplane.limits.pricing import PriceBook
 from inferplane.pipeline.service import InferenceService
+from inferplane.store.notices import ChangeNotices
 from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.service import TenancyService
@@ -25,6 +27,8 @@ class Services:
     supervisor: Supervisor
     inference: InferenceService
     started_at: int
+    notices: ChangeNotices | None = None
+    redis: aioredis.Redis | None = None
     accepting: bool = True
 
 

@@ -94,6 +94,10 @@ class ServerSettings(_Strict):
     # Health checks: a worker that does not answer a ping in time is killed and restarted.
     health_interval_s: Annotated[float, Field(gt=0)] = 5.0
     health_timeout_s: Annotated[float, Field(gt=0)] = 20.0
+    # With INFERPLANE_REDIS_URL: what to do while Redis is unreachable. "closed" refuses
+    # requests (503); "local" enforces limits in memory, each divided by `replicas`.
+    redis_failure_mode: Literal["closed", "local"] = "closed"
+    replicas: Annotated[int, Field(ge=1, le=10_000)] = 1
     # Budget alerts (soft thresholds) are logged, counted, and POSTed here when set.
     alert_webhook_url: str | None = None
 

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from inferplane.errors import RateLimited
 from inferplane.limits.policy import Limits
@@ -57,12 +58,25 @@ class Scope:
     limits: Limits
 
 
+class Limiter(Protocol):
+    async def acquire(self, scopes: list[Scope], tokens: int) -> Hold: ...
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: '1s', '6m0s', '250ms'."""
     if seconds < 1:
         return f"{max(0, int(seconds * 1000))}ms"
     minutes, secs = divmod(seconds, 60)
     return f"{int(minutes)}m{secs:.0f}s" if minutes else f"{secs:.3g}s"
+
+
+class Hold(Protocol):
+    """An admitted request's hold on its scopes (memory or Redis)."""
+
+    headers: dict[str, str]
+
+    def settle(self, actual_tokens: int) -> None:
+        """Replace the token reservation by what was used; free the concurrency slot."""
 
 
 class Reservation:
@@ -93,6 +107,9 @@ class MemoryLimiter:
         self._clock = clock
         self._states: dict[str, _ScopeState] = {}
         self._ids = itertools.count(1)
+
+    async def acquire(self, scopes: list[Scope], tokens: int) -> Hold:
+        return self.admit(scopes, tokens)
 
     def admit(self, scopes: list[Scope], tokens: int) -> Reservation:
         now = self._clock()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from inferplane.engines.local import LocalModel
 from inferplane.errors import Unavailable
 from inferplane.limits.budgets import BudgetHold, BudgetScope, BudgetTracker
-from inferplane.limits.memory import MemoryLimiter, Reservation, Scope
+from inferplane.limits.memory import Hold, Limiter, Scope
 from inferplane.limits.pricing import PriceBook, PriceVersion
 from inferplane.pipeline.context import RequestContext
 from inferplane.telemetry.ledger import UsageLedger
@@ -22,7 +22,7 @@ from inferplane.tenancy.records import Principal
 
 @dataclass
 class Admission:
-    limits: Reservation
+    limits: Hold
     budget: BudgetHold | None
     price: PriceVersion | None
 
@@ -56,7 +56,7 @@ def budget_scopes(principal: Principal) -> list[BudgetScope]:
 class Admitter:
     def __init__(
         self,
-        limiter: MemoryLimiter,
+        limiter: Limiter,
         budgets: BudgetTracker,
         prices: PriceBook,
         ledger: UsageLedger,
@@ -66,7 +66,7 @@ class Admitter:
         self._prices = prices
         self._ledger = ledger
 
-    def admit(
+    async def admit(
         self,
         ctx: RequestContext,
         model: LocalModel,
@@ -85,7 +85,7 @@ class Admitter:
         budgeted = budget_scopes(ctx.principal)
         hold = self._budgets.reserve(budgeted, worst) if budgeted else None
         try:
-            reservation = self._limiter.admit(scopes, prompt_tokens + max_completion_tokens)
+            reservation = await self._limiter.acquire(scopes, prompt_tokens + max_completion_tokens)
         except BaseException:
             if hold is not None:
                 hold.settle(0)

@@ -83,7 +83,7 @@ class InferenceService:
         caps = [s.limits.max_tokens for s in scopes if s.limits.max_tokens is not None]
         prompt = await self._prepare(model, size_hint, cap=min(caps, default=None), **prompt_input)
         n_prompt = len(prompt.tokens)
-        admission = self._admitter.admit(ctx, model, scopes, n_prompt, prompt.max_tokens)
+        admission = await self._admitter.admit(ctx, model, scopes, n_prompt, prompt.max_tokens)
         generated, status = 0, 499  # 499: the caller went away, unless we learn otherwise
         try:
             async for event in self._invoke(ctx, model, prompt, sampling):
@@ -153,7 +153,7 @@ class InferenceService:
         else:
             tokens = await asyncio.to_thread(counter.count, inputs)
         scopes = rate_scopes(ctx.principal, model)
-        admission = self._admitter.admit(ctx, model, scopes, sum(tokens), 0)
+        admission = await self._admitter.admit(ctx, model, scopes, sum(tokens), 0)
         status = 499
         try:
             client = await model.worker.client()

@@ -20,11 +20,14 @@ T = TypeVar("T")
 
 async def apply_change(request: Request, action: Callable[..., T], *args: Any) -> T:
     """Apply a change in the store, then swap in the new snapshot before answering."""
-    tenancy = services(request).tenancy
+    svc = services(request)
 
     def run() -> T:
         result = action(*args)
-        tenancy.reload()
+        svc.tenancy.reload()
         return result
 
-    return await asyncio.to_thread(run)
+    result = await asyncio.to_thread(run)
+    if svc.notices is not None:
+        await svc.notices.publish()  # the other replicas rebuild their snapshots
+    return result

@@ -73,4 +73,7 @@ async def set_price(model: str, request: Request, principal: AdminKey) -> dict[s
     if model not in svc.inference.models:
         raise NotFound(f"No model '{model}' is served.", param="model", code="model_not_found")
     price = await parse_body(request, Price)
-    return (await asyncio.to_thread(svc.prices.set, model, price)).view()
+    version = await asyncio.to_thread(svc.prices.set, model, price)
+    if svc.notices is not None:
+        await svc.notices.publish()
+    return version.view()
