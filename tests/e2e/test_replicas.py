@@ -95,3 +95,50 @@ def test_a_revoked_key_stops_on_every_replica_within_a_second(replicas: list[Ser
                 break
             assert time.monotonic() < deadline, rows
             time.sleep(0.1)
+
+
+def test_team_budget_hammered_across_replicas_cannot_overshoot(replicas: list[Server]) -> None:
+    with replicas[0].http() as admin:
+        assert admin.put("/admin/v1/pricing/minilm", json={"per_request": 0.01}).is_success
+        org = admin.post("/admin/v1/orgs", json={"name": "budget-org"}).json()
+        team = admin.post(
+            "/admin/v1/teams",
+            json={"name": "t", "org_id": org["id"], "budget": {"usd": 0.1, "period": "day"}},
+        ).json()
+        keys = [
+            admin.post("/admin/v1/keys", json={"name": f"k{i}", "team_id": team["id"]}).json()
+            for i in range(3)
+        ]
+    # Prices and keys reach every replica through the change notices (checked at no cost).
+    deadline = time.monotonic() + 2
+    while not all(
+        httpx.get(
+            s.base_url + "/v1/models", headers={"Authorization": f"Bearer {k['key']}"}
+        ).status_code
+        == 200
+        for s in replicas
+        for k in keys
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def hammer(server: Server, key: str) -> None:
+        with httpx.Client(timeout=60) as http:
+            for _ in range(5):
+                code = _embed(server, key, http)
+                with lock:
+                    statuses.append(code)
+
+    threads = [
+        threading.Thread(target=hammer, args=(replicas[i % 3], keys[i % 3]["key"]))
+        for i in range(9)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    # $0.10 at $0.01 a request: exactly 10 requests, with worst-case (= exact) reservations.
+    assert statuses.count(200) == 10, sorted(statuses)
+    assert set(statuses) <= {200, 429}

@@ -35,9 +35,10 @@ from inferplane.config import Settings
 from inferplane.engines.assets import provision
 from inferplane.engines.local import load_local_model
 from inferplane.engines.supervisor import Supervisor
-from inferplane.limits.budgets import BudgetTracker
+from inferplane.limits.budgets import Budgets, BudgetTracker
 from inferplane.limits.memory import Limiter, MemoryLimiter
 from inferplane.limits.pricing import PriceBook
+from inferplane.limits.redis_budgets import RedisBudgets
 from inferplane.limits.redis_limiter import RedisLimiter
 from inferplane.pipeline.admission import Admitter
 from inferplane.pipeline.service import InferenceService
@@ -95,7 +96,8 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.database_url or sqlite_url(settings.data_dir)
     engine = await asyncio.to_thread(open_database, url)
-    budgets = BudgetTracker(alert=BudgetAlerts(metrics, settings.server.alert_webhook_url))
+    alerts = BudgetAlerts(metrics, settings.server.alert_webhook_url)
+    budgets = BudgetTracker(alert=alerts)
     tenancy = TenancyService(TenancyStore(engine), budgets)
     generated = await asyncio.to_thread(tenancy.store.ensure_admin_key, settings.admin_key)
     if generated is not None:
@@ -109,6 +111,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     await ledger.start()  # replays a crash's journal first, so budgets see all spend
     await asyncio.to_thread(tenancy.reload)
     limiter: Limiter = MemoryLimiter()
+    shared_budgets: Budgets = budgets
     notices, client = None, None
     if settings.redis_url:
         client = aioredis.from_url(
@@ -118,6 +121,9 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
             client,
             failure_mode=settings.server.redis_failure_mode,
             replicas=settings.server.replicas,
+        )
+        shared_budgets = RedisBudgets(
+            client, budgets, alerts, failure_mode=settings.server.redis_failure_mode
         )
 
         async def on_change() -> None:
@@ -141,7 +147,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         prices=prices,
         ledger=ledger,
         inference=InferenceService(
-            models, Admitter(limiter, budgets, prices, ledger), ledger, metrics
+            models, Admitter(limiter, shared_budgets, prices, ledger), ledger, metrics
         ),
         notices=notices,
         redis=client,

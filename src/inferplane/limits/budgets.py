@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from inferplane.errors import InferplaneError
 from inferplane.limits.policy import Budget
@@ -29,6 +30,25 @@ class BudgetExceeded(InferplaneError):
     status = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
+
+
+def exceeded(scope: BudgetScope, spent: int, reserved: int, cost: int) -> BudgetExceeded:
+    b = scope.budget
+    return BudgetExceeded(
+        f"Budget exhausted for {scope.name}: ${spent / 1e9:.6f} spent and "
+        f"${reserved / 1e9:.6f} reserved of ${b.usd:g} per {b.period}; "
+        f"this request may cost up to ${cost / 1e9:.6f}."
+    )
+
+
+class Spend(Protocol):
+    """A request's hold on its budgets (memory or Redis)."""
+
+    def settle(self, actual_nusd: int) -> None: ...
+
+
+class Budgets(Protocol):
+    async def acquire(self, scopes: list[BudgetScope], cost_nusd: int) -> Spend: ...
 
 
 def period_start(period: str, now: datetime) -> datetime:
@@ -93,11 +113,7 @@ class BudgetTracker:
         for scope, window in zip(scopes, windows, strict=True):
             cap = scope.budget.cap_nusd
             if window.spent + window.reserved + cost_nusd > cap:
-                raise BudgetExceeded(
-                    f"Budget exhausted for {scope.name}: ${window.spent / 1e9:.6f} spent and "
-                    f"${window.reserved / 1e9:.6f} reserved of ${scope.budget.usd:g} per "
-                    f"{scope.budget.period}; this request may cost up to ${cost_nusd / 1e9:.6f}."
-                )
+                raise exceeded(scope, window.spent, window.reserved, cost_nusd)
         for window in windows:
             window.reserved += cost_nusd
         return BudgetHold(self, scopes, cost_nusd)
@@ -105,6 +121,14 @@ class BudgetTracker:
     def spent(self, name: str) -> int:
         window = self._windows.get(name)
         return window.spent if window else 0
+
+    def spent_in(self, name: str, start: datetime) -> int:
+        """The primed spend of `name` for the period starting at `start` (0 if unknown)."""
+        window = self._windows.get(name)
+        return window.spent if window is not None and window.start == start else 0
+
+    async def acquire(self, scopes: list[BudgetScope], cost_nusd: int) -> BudgetHold:
+        return self.reserve(scopes, cost_nusd)
 
     def _window(self, scope: BudgetScope, now: datetime) -> _Window:
         start = period_start(scope.budget.period, now)

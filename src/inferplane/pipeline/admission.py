@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from inferplane.engines.local import LocalModel
 from inferplane.errors import Unavailable
-from inferplane.limits.budgets import BudgetHold, BudgetScope, BudgetTracker
+from inferplane.limits.budgets import Budgets, BudgetScope, Spend
 from inferplane.limits.memory import Hold, Limiter, Scope
 from inferplane.limits.pricing import PriceBook, PriceVersion
 from inferplane.pipeline.context import RequestContext
@@ -23,7 +23,7 @@ from inferplane.tenancy.records import Principal
 @dataclass
 class Admission:
     limits: Hold
-    budget: BudgetHold | None
+    budget: Spend | None
     price: PriceVersion | None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
@@ -57,7 +57,7 @@ class Admitter:
     def __init__(
         self,
         limiter: Limiter,
-        budgets: BudgetTracker,
+        budgets: Budgets,
         prices: PriceBook,
         ledger: UsageLedger,
     ):
@@ -83,7 +83,7 @@ class Admitter:
         price = self._prices.get(model.id)
         worst = price.cost_nusd(prompt_tokens, max_completion_tokens) if price else 0
         budgeted = budget_scopes(ctx.principal)
-        hold = self._budgets.reserve(budgeted, worst) if budgeted else None
+        hold = await self._budgets.acquire(budgeted, worst) if budgeted else None
         try:
             reservation = await self._limiter.acquire(scopes, prompt_tokens + max_completion_tokens)
         except BaseException:
