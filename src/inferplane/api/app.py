@@ -137,7 +137,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     for spec in settings.models:
         asset = await asyncio.to_thread(provision, spec, settings.data_dir)
         worker = supervisor.add(spec, asset)
-        models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker)
+        models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker, metrics)
     await supervisor.start()
     return Services(
         settings=settings,

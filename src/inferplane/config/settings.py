@@ -89,6 +89,9 @@ class ServerSettings(_Strict):
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
     # How long a worker may take to load its model before start-up fails.
     worker_start_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    # How long a request may wait in a model's queue (callers may ask for less with the
+    # x-inferplane-timeout header, in seconds); then 503 deadline_exceeded.
+    queue_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # A request arriving while its worker restarts waits this long for it, then gets 503.
     worker_wait_s: Annotated[float, Field(ge=0)] = 30.0
     # Health checks: a worker that does not answer a ping in time is killed and restarted.

@@ -18,7 +18,6 @@ from typing import Any
 
 from inferplane.engines.protocol import Message, decode, encode
 from inferplane.errors import Overloaded, Unavailable
-from inferplane.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,11 @@ class WorkerClient:
         writer: asyncio.StreamWriter,
         *,
         max_queue: int,
-        metrics: Metrics,
     ):
         self.model = model
         self._reader = reader
         self._writer = writer
         self._max_queue = max_queue
-        self._queue_depth = metrics.queue_depth.labels(model)
         self._pending: dict[int, asyncio.Queue[Message]] = {}
         self._ids = itertools.count(1)
         self._admitted = 0
@@ -75,7 +72,6 @@ class WorkerClient:
         queue: asyncio.Queue[Message] = asyncio.Queue()
         self._pending[rid] = queue
         self._admitted += 1
-        self._queue_depth.inc()
         finished = False
         try:
             self._writer.write(encode({**payload, "id": rid}))
@@ -96,7 +92,6 @@ class WorkerClient:
         finally:
             del self._pending[rid]
             self._admitted -= 1
-            self._queue_depth.dec()
             if not finished and not self._closed:
                 # The caller went away (client disconnect): free the worker's slot.
                 self._writer.write(encode({"op": "cancel", "id": rid}))

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from inferplane.config import ModelSpec
 from inferplane.engines.assets import ModelAsset
+from inferplane.engines.fair_queue import FairQueue
 from inferplane.engines.prompts import EmbeddingTokens, LlamaPrompts
 from inferplane.engines.supervisor import ManagedWorker
+from inferplane.telemetry.metrics import Metrics
 
 
 @dataclass
@@ -15,6 +17,7 @@ class LocalModel:
     spec: ModelSpec
     asset: ModelAsset
     worker: ManagedWorker
+    queue: FairQueue
     prompts: LlamaPrompts | None = None  # LLMs
     embedding_tokens: EmbeddingTokens | None = None  # embedding models
 
@@ -36,8 +39,16 @@ class LocalModel:
         return "llm" if self.spec.engine == "llamacpp" else "embedding"
 
 
-def load_local_model(spec: ModelSpec, asset: ModelAsset, worker: ManagedWorker) -> LocalModel:
+def load_local_model(
+    spec: ModelSpec, asset: ModelAsset, worker: ManagedWorker, metrics: Metrics
+) -> LocalModel:
     """Load the gateway-side tokenizer (blocking: call it from a thread)."""
+    depth = metrics.queue_depth.labels(spec.id).set
     if spec.engine == "llamacpp":
-        return LocalModel(spec, asset, worker, prompts=LlamaPrompts(spec, asset.path))
-    return LocalModel(spec, asset, worker, embedding_tokens=EmbeddingTokens(asset.path))
+        # One sequence at a time in the worker (until batching): one dispatch slot.
+        queue = FairQueue(spec.id, capacity=1, max_queue=spec.max_queue, on_depth=depth)
+        return LocalModel(spec, asset, worker, queue, prompts=LlamaPrompts(spec, asset.path))
+    queue = FairQueue(
+        spec.id, capacity=spec.max_batch_size, max_queue=spec.max_queue, on_depth=depth
+    )
+    return LocalModel(spec, asset, worker, queue, embedding_tokens=EmbeddingTokens(asset.path))

@@ -110,7 +110,6 @@ class ManagedWorker:
             reader,
             writer,
             max_queue=self.spec.max_queue,
-            metrics=self._metrics,
         )
         self._ready.set()
         self._metrics.worker_up.labels(self.spec.id).set(1)

@@ -17,6 +17,8 @@ class RequestContext:
     user: str | None = None  # the end user the caller acts for (OpenAI's `user`)
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    # time.monotonic() by which the request must have left the model's queue.
+    deadline: float | None = None
     # The ledger's key: unique per request even when callers reuse their x-request-id.
     ledger_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # x-ratelimit-* headers of the admission, for the response.

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from inferplane.engines.local import LocalModel
@@ -116,11 +117,19 @@ class InferenceService:
         prompt: PreparedPrompt,
         sampling: dict[str, Any],
     ) -> AsyncIterator[GenerationEvent]:
-        client = await model.worker.client()
-        last: float | None = None
         ttft = self._metrics.time_to_first_token.labels(model.id)
         itl = self._metrics.inter_token_latency.labels(model.id)
         payload = {"op": "generate", **prompt.worker_payload(), **sampling}
+        cost = len(prompt.tokens) + prompt.max_tokens
+        async with _slot(ctx, model, cost):
+            async for event in self._stream(ctx, model, payload, ttft, itl):
+                yield event
+
+    async def _stream(
+        self, ctx: RequestContext, model: LocalModel, payload: dict[str, Any], ttft: Any, itl: Any
+    ) -> AsyncIterator[GenerationEvent]:
+        client = await model.worker.client()
+        last: float | None = None
         async for msg in client.stream(payload):
             event = msg["event"]
             if event == "token":
@@ -156,14 +165,16 @@ class InferenceService:
         admission = await self._admitter.admit(ctx, model, scopes, sum(tokens), 0)
         status = 499
         try:
-            client = await model.worker.client()
-            async for msg in client.stream({"op": "embed", "input": inputs}):
-                if msg["event"] == "error":
-                    raise _worker_error(msg)
-                if msg["event"] == "embeddings":
-                    self._meter(model.id, sum(tokens), 0)
-                    status = 200
-                    return Embeddings(base64.b64decode(msg["data"]), int(msg["dim"]), tokens)
+            async with _slot(ctx, model, sum(tokens)):
+                client = await model.worker.client()
+                async for msg in client.stream({"op": "embed", "input": inputs}):
+                    if msg["event"] == "error":
+                        raise _worker_error(msg)
+                    if msg["event"] == "embeddings":
+                        self._meter(model.id, sum(tokens), 0)
+                        status = 200
+                        data = base64.b64decode(msg["data"])
+                        return Embeddings(data, int(msg["dim"]), tokens)
             raise InferplaneError("The worker ended the request without a result.")
         except InferplaneError as exc:
             status = exc.status
@@ -216,6 +227,19 @@ class InferenceService:
         self._metrics.prompt_tokens.labels(model).inc(prompt_tokens)
         if completion_tokens:
             self._metrics.completion_tokens.labels(model).inc(completion_tokens)
+
+
+def _slot(ctx: RequestContext, model: LocalModel, cost: int) -> AbstractAsyncContextManager[None]:
+    """The request's turn at the model: by priority class, fair share and deadline."""
+    principal = ctx.principal
+    team = principal.team
+    return model.queue.slot(
+        f"team:{team.id}" if team else f"key:{principal.key.id}",
+        cost,
+        weight=team.weight if team else 1.0,
+        batch=principal.key.priority == "batch",
+        deadline=ctx.deadline,
+    )
 
 
 def _worker_error(msg: Message) -> InferplaneError:

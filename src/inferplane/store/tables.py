@@ -22,6 +22,7 @@ teams = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("limits", sa.JSON, nullable=False),
     sa.Column("budget", sa.JSON, nullable=True),
+    sa.Column("weight", sa.Float, nullable=False, server_default="1"),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("org_id", "name"),

@@ -50,7 +50,7 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "inferplane_queue_depth",
-            "Requests admitted to a model's worker and not yet finished (running + waiting).",
+            "Requests at a model: running in its worker plus waiting in its queue.",
             ["model"],
             registry=r,
         )

@@ -17,6 +17,7 @@ class TeamRecord:
     name: str
     limits: Limits
     budget: Budget | None = None
+    weight: float = 1.0  # share of a contended model's capacity, relative to other teams
 
 
 @dataclass(frozen=True, slots=True)

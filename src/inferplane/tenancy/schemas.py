@@ -11,6 +11,7 @@ from inferplane.limits.policy import Budget, Limits
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Metadata = Annotated[dict[str, str], Field(max_length=64)]
+Weight = Annotated[float, Field(gt=0, le=1000)]
 ModelPatterns = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=256)
 ]
@@ -38,6 +39,7 @@ class TeamCreate(_Command):
     org_id: Annotated[str, Field(min_length=1)]
     limits: Limits = Limits()
     budget: Budget | None = None
+    weight: Weight = 1.0
     metadata: Metadata = {}
 
 
@@ -45,6 +47,7 @@ class TeamUpdate(_Command):
     name: Name | None = None
     limits: Limits | None = None
     budget: Budget | None = None
+    weight: Weight | None = None
     metadata: Metadata | None = None
 
 

@@ -102,7 +102,12 @@ class TenancyStore:
             key_rows = conn.execute(sa.select(api_keys).where(api_keys.c.revoked_at.is_(None)))
             team_map = {
                 t.id: TeamRecord(
-                    t.id, t.org_id, t.name, Limits.model_validate(t.limits), _budget(t.budget)
+                    t.id,
+                    t.org_id,
+                    t.name,
+                    Limits.model_validate(t.limits),
+                    _budget(t.budget),
+                    t.weight,
                 )
                 for t in team_rows
             }
@@ -167,6 +172,7 @@ class TenancyStore:
                     name=cmd.name,
                     limits=cmd.limits.model_dump(exclude_none=True),
                     budget=cmd.budget.model_dump() if cmd.budget else None,
+                    weight=cmd.weight,
                     metadata=cmd.metadata,
                     created_at=datetime.now(UTC),
                 )
@@ -195,6 +201,8 @@ class TenancyStore:
             values["metadata"] = cmd.metadata
         if "budget" in cmd.model_fields_set:
             values["budget"] = cmd.budget.model_dump() if cmd.budget else None
+        if cmd.weight is not None:
+            values["weight"] = cmd.weight
         if values:
             with self.engine.begin() as conn:
                 conn.execute(teams.update().where(teams.c.id == team_id).values(**values))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Annotated, Any
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inferplane.api.services import services
 from inferplane.engines.local import LocalModel
 from inferplane.errors import InvalidRequest
 
@@ -68,6 +70,25 @@ def mark_served(request: Request, model: LocalModel) -> None:
     request.state.model = model.id
     request.state.model_version = model.version
     request.state.deployment = model.deployment
+
+
+def queue_deadline(request: Request) -> float:
+    """When the request must have left the model's queue: the server's limit, or less."""
+    limit = services(request).settings.server.queue_timeout_s
+    asked = request.headers.get("x-inferplane-timeout")
+    if asked is not None:
+        try:
+            seconds = float(asked)
+        except ValueError:
+            raise InvalidRequest(
+                "x-inferplane-timeout must be a number of seconds.", param="x-inferplane-timeout"
+            ) from None
+        if not 0 < seconds < 1e9:
+            raise InvalidRequest(
+                "x-inferplane-timeout must be positive.", param="x-inferplane-timeout"
+            )
+        limit = min(limit, seconds)
+    return time.monotonic() + limit
 
 
 def new_id(prefix: str) -> str:

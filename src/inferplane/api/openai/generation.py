@@ -11,7 +11,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from inferplane.api.openai.common import mark_served, usage
+from inferplane.api.openai.common import mark_served, queue_deadline, usage
 from inferplane.api.services import services
 from inferplane.engines.local import LocalModel
 from inferplane.errors import InferplaneError
@@ -53,7 +53,13 @@ async def start(
     svc = services(request)
     model = svc.inference.resolve(principal, body.model, "llm")
     mark_served(request, model)
-    ctx = RequestContext(request.state.request_id, principal, endpoint, user=body.user)
+    ctx = RequestContext(
+        request.state.request_id,
+        principal,
+        endpoint,
+        user=body.user,
+        deadline=queue_deadline(request),
+    )
     events = svc.inference.generate(
         ctx, model, body.prompt_input(), body.size_hint(), body.sampling()
     )

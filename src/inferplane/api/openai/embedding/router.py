@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from inferplane.api.auth import AnyKey
 from inferplane.api.errors import parse_body
-from inferplane.api.openai.common import mark_served
+from inferplane.api.openai.common import mark_served, queue_deadline
 from inferplane.api.openai.embedding.protocol import EmbeddingRequest
 from inferplane.api.responses import FastJSONResponse
 from inferplane.api.services import services
@@ -32,7 +32,13 @@ async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResp
             f"The model '{body.model}' returns {dim} dimensions and cannot be shortened.",
             param="dimensions",
         )
-    ctx = RequestContext(request.state.request_id, principal, "embeddings", user=body.user)
+    ctx = RequestContext(
+        request.state.request_id,
+        principal,
+        "embeddings",
+        user=body.user,
+        deadline=queue_deadline(request),
+    )
     try:
         result = await svc.inference.embed(ctx, model, body.inputs)
     finally:

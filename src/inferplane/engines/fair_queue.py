@@ -1,0 +1,163 @@
+"""The queue in front of a model's worker: priority classes, aging, fair shares, deadlines.
+
+A request takes a dispatch slot before it is sent to the worker (`capacity` slots: the
+number of sequences the worker runs at once), and gives it back when it ends. While
+slots are busy, waiting requests are ordered by:
+
+  1. class: `interactive` before `batch`; a batch request waiting longer than `aging_s`
+     counts as interactive, so batch work is never starved for good;
+  2. within a class, start-time fair queuing across tenants: each tenant has a virtual
+     finish time F; a request of estimated cost c (tokens) from a tenant of weight w gets
+     the start tag S = max(V, F) and moves F to S + c / w, where V is the start tag of
+     the request last dispatched. The smallest S goes first, so a tenant that sends
+     little is served almost at once, however much another tenant floods the model,
+     and backlogged tenants share capacity in proportion to their weights;
+  3. ties: arrival order.
+
+A request whose deadline passes while it waits leaves the queue with `DeadlineExceeded`;
+one that would make the queue longer than `max_queue` is refused with `Overloaded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from inferplane.errors import InferplaneError, Overloaded
+
+
+class DeadlineExceeded(InferplaneError):
+    status = 503
+    type = "server_error"
+    code = "deadline_exceeded"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+@dataclass(order=True)
+class _Waiter:
+    start_tag: float
+    seq: int
+    future: asyncio.Future[None] = field(compare=False)
+    tenant: str = field(compare=False)
+    batch: bool = field(compare=False)
+    enqueued: float = field(compare=False)
+
+
+class FairQueue:
+    def __init__(
+        self,
+        model: str,
+        *,
+        capacity: int,
+        max_queue: int,
+        aging_s: float = 10.0,
+        on_depth: Callable[[int], None] = lambda depth: None,
+    ):
+        self._model = model
+        self._on_depth = on_depth
+        self._capacity = capacity
+        self._max_queue = max_queue
+        self._aging_s = aging_s
+        self._busy = 0
+        self._interactive: list[_Waiter] = []
+        self._batch: list[_Waiter] = []
+        self._finish: dict[str, float] = {}  # tenant -> virtual finish time
+        self._vtime = 0.0
+        self._seq = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._interactive) + len(self._batch)
+
+    @asynccontextmanager
+    async def slot(
+        self,
+        tenant: str,
+        cost: float,
+        *,
+        weight: float = 1.0,
+        batch: bool = False,
+        deadline: float | None = None,
+    ) -> AsyncIterator[None]:
+        await self._acquire(tenant, cost, weight, batch, deadline)
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._dispatch()
+
+    def _report(self) -> None:
+        self._on_depth(self._busy + self.waiting)
+
+    async def _acquire(
+        self, tenant: str, cost: float, weight: float, batch: bool, deadline: float | None
+    ) -> None:
+        start = max(self._vtime, self._finish.get(tenant, 0.0))
+        self._finish[tenant] = start + max(cost, 1.0) / max(weight, 1e-6)
+        if self._busy < self._capacity and not self.waiting:
+            self._busy += 1
+            self._vtime = start
+            self._report()
+            return
+        if self._busy + self.waiting >= self._max_queue:
+            raise Overloaded(
+                model=self._model, queued=self._busy + self.waiting, max_queued=self._max_queue
+            )
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(
+            start, next(self._seq), loop.create_future(), tenant, batch, time.monotonic()
+        )
+        heapq.heappush(self._batch if batch else self._interactive, waiter)
+        self._report()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.future
+        except TimeoutError:
+            self._remove(waiter)
+            raise DeadlineExceeded(
+                f"The request's deadline passed while it waited for model '{self._model}'."
+            ) from None
+        except BaseException:
+            if not self._remove(waiter):  # dispatched just as it was cancelled
+                self._busy -= 1
+                self._dispatch()
+            raise
+
+    def _remove(self, waiter: _Waiter) -> bool:
+        heap = self._batch if waiter.batch else self._interactive
+        if waiter in heap:
+            heap.remove(waiter)
+            heapq.heapify(heap)
+            self._report()
+            return True
+        return False
+
+    def _dispatch(self) -> None:
+        while self._busy < self._capacity and self.waiting:
+            waiter = self._next()
+            if waiter.future.done():  # its caller already gave up
+                continue
+            self._busy += 1
+            self._vtime = waiter.start_tag
+            waiter.future.set_result(None)
+        self._report()
+
+    def _next(self) -> _Waiter:
+        aged = bool(self._batch) and (
+            time.monotonic() - min(w.enqueued for w in self._batch) >= self._aging_s
+        )
+        if self._batch and (aged or not self._interactive):
+            # The oldest batch request once aging applies; otherwise the fairest one.
+            waiter = min(self._batch, key=lambda w: w.enqueued) if aged else self._batch[0]
+            self._remove(waiter)
+            return waiter
+        return heapq.heappop(self._interactive)

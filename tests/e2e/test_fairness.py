@@ -1,0 +1,69 @@
+"""Fair shares: one team flooding a model cannot make another team wait behind it all.
+
+The llama.cpp worker runs one sequence at a time until continuous batching lands, so a
+request can at best wait for the sequence in progress; what fairness guarantees is that
+it does not wait behind the flooding team's whole backlog (as it would in FIFO order).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+from tests.e2e.server import Server, metric
+
+LLM = "gemma-3-270m"
+
+
+def _team_key(server: Server, name: str, **key: Any) -> str:
+    with server.http() as admin:
+        org = admin.post("/admin/v1/orgs", json={"name": f"fair-{name}-{time.time_ns()}"}).json()
+        team = admin.post("/admin/v1/teams", json={"name": name, "org_id": org["id"]}).json()
+        created = admin.post(
+            "/admin/v1/keys", json={"name": name, "team_id": team["id"], **key}
+        ).json()
+    return str(created["key"])
+
+
+def _timed_completion(server: Server, key: str, max_tokens: int) -> tuple[float, float]:
+    """(time to first token, total time) of one streamed completion."""
+    client = server.client(key=key)
+    start = time.perf_counter()
+    first = None
+    stream = client.completions.create(
+        model=LLM, prompt="1, 2, 3, 4,", max_tokens=max_tokens, temperature=0, stream=True
+    )
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].text:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return (first or end) - start, end - start
+
+
+def test_light_team_is_not_stuck_behind_a_flooding_team(server: Server) -> None:
+    a, b = _team_key(server, "a"), _team_key(server, "b")
+    idle = [_timed_completion(server, b, 8)[0] for _ in range(3)]
+    a_durations: list[float] = []
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            a_durations.append(_timed_completion(server, a, 48)[1])
+
+    threads = [threading.Thread(target=flood) for _ in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while metric(server, "inferplane_queue_depth", model=LLM) < 8:  # A's backlog is queued
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    waits = [_timed_completion(server, b, 8)[0] for _ in range(5)]
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    one_a_request = statistics.median(a_durations) / 8  # 8 streams share one sequence slot
+    # B waits at most for the A sequence in progress, not for A's backlog of ~8.
+    assert statistics.median(waits) < 3 * one_a_request + statistics.median(idle)
+    assert len(a_durations) >= 8  # A kept getting the remaining capacity
