@@ -43,6 +43,7 @@ test: lint system-deps
 bench: install-dev
 	$(BIN)/python bench/llm_stream.py
 	$(BIN)/python bench/embeddings.py
+	$(BIN)/python bench/admission.py
 
 clean:
 	rm -rf $(VENV) .inferplane .pytest_cache .mypy_cache .ruff_cache

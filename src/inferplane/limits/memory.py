@@ -36,7 +36,8 @@ class _ScopeState:
         horizon = now - WINDOW_S
         while self.requests and self.requests[0] <= horizon:
             self.requests.popleft()
-        for rid, (at, amount) in list(self.tokens.items()):
+        while self.tokens:  # oldest first: stop at the first entry still in the window
+            rid, (at, amount) = next(iter(self.tokens.items()))
             if at > horizon:
                 break
             del self.tokens[rid]
