@@ -9,9 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inferplane.errors import InferplaneError, InvalidRequest
+from inferplane.errors import InferplaneError, InvalidRequest, Unavailable
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -81,6 +82,16 @@ def install_error_handlers(app: FastAPI) -> None:
         err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(err.body(), status_code=exc.status_code)
 
+    async def on_store(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("request %s: store unavailable: %s", _rid(request), type(exc).__name__)
+        return error_response(
+            Unavailable(
+                "The store is unreachable; try again shortly.",
+                retry_after=5,
+                code="store_unavailable",
+            )
+        )
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request %s failed", _rid(request))
         err = InferplaneError(
@@ -91,6 +102,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InferplaneError, on_inferplane)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(DBAPIError, on_store)
     app.add_exception_handler(Exception, on_unexpected)
 
 
