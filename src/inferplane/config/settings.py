@@ -55,6 +55,10 @@ class ModelSpec(_Strict):
     # Strings that end a chat turn under that template (generation stops there).
     chat_stop: list[str] = Field(default_factory=lambda: list(DEFAULT_CHAT_STOP))
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    # Sequences decoded together (continuous batching); 1 decodes one request at a time.
+    parallel: Annotated[int, Field(ge=1, le=256)] = 1
+    # Prompt tokens prefilled per sequence per step while others decode.
+    prefill_chunk: Annotated[int, Field(ge=8, le=8192)] = 128
     # Rate limits on the model as a whole, across every key and team.
     limits: Limits = Limits()
     # What a request costs (also settable with PUT /admin/v1/pricing/{model}).

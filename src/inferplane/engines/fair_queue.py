@@ -59,14 +59,21 @@ class FairQueue:
         capacity: int,
         max_queue: int,
         aging_s: float = 10.0,
+        headroom: int | None = None,
         on_depth: Callable[[int], None] = lambda depth: None,
     ):
         self._model = model
         self._on_depth = on_depth
         self._capacity = capacity
+        # One tenant may hold at most capacity - headroom slots, so that a request from
+        # another tenant finds a slot at once instead of waiting for one to free up.
+        if headroom is None:
+            headroom = 1 if capacity > 1 else 0
+        self._tenant_cap = max(1, capacity - headroom)
         self._max_queue = max_queue
         self._aging_s = aging_s
         self._busy = 0
+        self._held: dict[str, int] = {}
         self._interactive: list[_Waiter] = []
         self._batch: list[_Waiter] = []
         self._finish: dict[str, float] = {}  # tenant -> virtual finish time
@@ -91,32 +98,35 @@ class FairQueue:
         try:
             yield
         finally:
-            self._busy -= 1
+            self._give(tenant)
             self._dispatch()
 
     def _report(self) -> None:
         self._on_depth(self._busy + self.waiting)
 
+    def _give(self, tenant: str) -> None:
+        self._busy -= 1
+        self._held[tenant] -= 1
+        if not self._held[tenant]:
+            del self._held[tenant]
+
     async def _acquire(
         self, tenant: str, cost: float, weight: float, batch: bool, deadline: float | None
     ) -> None:
-        start = max(self._vtime, self._finish.get(tenant, 0.0))
-        self._finish[tenant] = start + max(cost, 1.0) / max(weight, 1e-6)
-        if self._busy < self._capacity and not self.waiting:
-            self._busy += 1
-            self._vtime = start
-            self._report()
-            return
         if self._busy + self.waiting >= self._max_queue:
             raise Overloaded(
                 model=self._model, queued=self._busy + self.waiting, max_queued=self._max_queue
             )
+        start = max(self._vtime, self._finish.get(tenant, 0.0))
+        self._finish[tenant] = start + max(cost, 1.0) / max(weight, 1e-6)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(
             start, next(self._seq), loop.create_future(), tenant, batch, time.monotonic()
         )
         heapq.heappush(self._batch if batch else self._interactive, waiter)
-        self._report()
+        self._dispatch()
+        if waiter.future.done():
+            return
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             async with asyncio.timeout(timeout):
@@ -128,7 +138,7 @@ class FairQueue:
             ) from None
         except BaseException:
             if not self._remove(waiter):  # dispatched just as it was cancelled
-                self._busy -= 1
+                self._give(tenant)
                 self._dispatch()
             raise
 
@@ -142,22 +152,30 @@ class FairQueue:
         return False
 
     def _dispatch(self) -> None:
-        while self._busy < self._capacity and self.waiting:
+        while self._busy < self._capacity:
             waiter = self._next()
-            if waiter.future.done():  # its caller already gave up
-                continue
+            if waiter is None:
+                break
+            self._remove(waiter)
             self._busy += 1
+            self._held[waiter.tenant] = self._held.get(waiter.tenant, 0) + 1
             self._vtime = waiter.start_tag
             waiter.future.set_result(None)
         self._report()
 
-    def _next(self) -> _Waiter:
-        aged = bool(self._batch) and (
-            time.monotonic() - min(w.enqueued for w in self._batch) >= self._aging_s
-        )
-        if self._batch and (aged or not self._interactive):
-            # The oldest batch request once aging applies; otherwise the fairest one.
-            waiter = min(self._batch, key=lambda w: w.enqueued) if aged else self._batch[0]
-            self._remove(waiter)
-            return waiter
-        return heapq.heappop(self._interactive)
+    def _next(self) -> _Waiter | None:
+        """The next waiter to serve whose tenant is below its cap, or None."""
+
+        def eligible(w: _Waiter) -> bool:
+            return not w.future.done() and self._held.get(w.tenant, 0) < self._tenant_cap
+
+        aged = [w for w in self._batch if time.monotonic() - w.enqueued >= self._aging_s]
+        for group in (
+            sorted(aged, key=lambda w: w.enqueued),  # batch work past its aging time
+            sorted(self._interactive),  # then interactive, fairest first
+            sorted(self._batch),  # then batch, fairest first
+        ):
+            for w in group:
+                if eligible(w):
+                    return w
+        return None

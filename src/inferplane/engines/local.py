@@ -45,8 +45,8 @@ def load_local_model(
     """Load the gateway-side tokenizer (blocking: call it from a thread)."""
     depth = metrics.queue_depth.labels(spec.id).set
     if spec.engine == "llamacpp":
-        # One sequence at a time in the worker (until batching): one dispatch slot.
-        queue = FairQueue(spec.id, capacity=1, max_queue=spec.max_queue, on_depth=depth)
+        # As many dispatch slots as the worker decodes sequences at once.
+        queue = FairQueue(spec.id, capacity=spec.parallel, max_queue=spec.max_queue, on_depth=depth)
         return LocalModel(spec, asset, worker, queue, prompts=LlamaPrompts(spec, asset.path))
     queue = FairQueue(
         spec.id, capacity=spec.max_batch_size, max_queue=spec.max_queue, on_depth=depth

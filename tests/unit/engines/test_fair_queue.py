@@ -87,3 +87,27 @@ def test_deadline_in_the_queue_and_overload() -> None:
 async def _enter(queue: FairQueue) -> None:
     async with queue.slot("w", 1):
         pass
+
+
+def test_headroom_keeps_a_slot_for_other_tenants() -> None:
+    async def scenario() -> list[str]:
+        queue = FairQueue("m", capacity=3, max_queue=100)  # one tenant may hold 2
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def hold(name: str) -> None:
+            async with queue.slot(name.split("-")[0], 1):
+                order.append(name)
+                await gate.wait()
+
+        tasks = [asyncio.create_task(hold(f"a-{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(hold("b-0")))
+        await asyncio.sleep(0)
+        snapshot = list(order)
+        gate.set()
+        await asyncio.gather(*tasks)
+        return snapshot
+
+    # a's third request waits although a slot is free; b gets that slot at once.
+    assert asyncio.run(scenario()) == ["a-0", "a-1", "b-0"]

@@ -1,0 +1,280 @@
+"""Continuous batching for GGUF models (worker side), on llama.cpp's low-level batch API.
+
+One context holds `parallel` sequence slots. Each iteration of the scheduler loop:
+  1. admits waiting requests into free slots (a new request joins at the next step);
+  2. builds one batch: the next token of every decoding sequence, then prompt tokens of
+     prefilling sequences in chunks (at most `prefill_chunk` per sequence per step, so a
+     long prompt cannot stall the others' decoding for more than a chunk); when a prompt
+     is waiting, every other step is prefill-only, so a new request's first token does
+     not wait for a full batched step;
+  3. runs one `llama_decode` over the batch;
+  4. samples, per sequence, with that sequence's own sampler chain (temperature, top_p,
+     penalties, seed) from its logits row, and emits, stops or finishes it;
+  5. frees the KV cells of finished and cancelled sequences at once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import queue
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferplane.config import ModelSpec
+from inferplane.engines.protocol import Channel, Message
+from inferplane.engines.stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    request_id: int
+    prompt: list[int]
+    max_tokens: int
+    stops: StopMatcher
+    sampler: Any
+    lstrip: bool
+    prefilled: int = 0  # prompt tokens already in the KV cache
+    next_token: int | None = None  # sampled, to be fed at the next step
+    generated: int = 0
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+
+class BatchedLlamaEngine:
+    def __init__(self, spec: ModelSpec, path: Path):
+        import llama_cpp as L
+        from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        self._L = L
+        self._spec = spec
+        self._parallel = spec.parallel
+        self._n_ctx = spec.context_size
+        self._chunk = spec.prefill_chunk
+        self._model = LlamaModel(
+            path_model=str(path), params=L.llama_model_default_params(), verbose=False
+        )
+        params = L.llama_context_default_params()
+        params.n_ctx = spec.context_size * spec.parallel
+        params.n_batch = params.n_ubatch = max(512, spec.parallel)
+        params.n_seq_max = spec.parallel
+        params.kv_unified = False  # each slot gets its own context_size cells
+        params.swa_full = True
+        # Batched decoding keeps every core busy: all of them unless told otherwise.
+        threads = spec.threads or os.cpu_count() or 2
+        params.n_threads = params.n_threads_batch = threads
+        with suppress_stdout_stderr(disable=False):  # llama.cpp's load chatter
+            self._ctx = LlamaContext(model=self._model, params=params, verbose=False)
+        self._batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._capacity = params.n_batch
+        self._vocab = self._model.vocab
+        self._waiting: queue.Queue[Message] = queue.Queue()
+        self._cancelled: set[int] = set()
+        self._lock = threading.Lock()
+        self._slots: dict[int, _Slot] = {}
+        self._last_was_prefill = False
+        self._channel: Channel | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": "llm", "context_size": self._n_ctx, "parallel": self._parallel}
+
+    def submit(self, msg: Message) -> None:
+        self._waiting.put(msg)
+
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            self._cancelled.add(request_id)
+
+    def _send(self, msg: Message) -> None:
+        assert self._channel is not None, "run() attaches the channel"
+        self._channel.send(msg)
+
+    # -- the scheduler loop -------------------------------------------------------------
+
+    def run(self, channel: Channel) -> None:
+        self._channel = channel
+        while True:
+            self._admit(block=not self._slots)
+            self._drop_cancelled()
+            if self._slots:
+                self._step()
+
+    def _admit(self, *, block: bool) -> None:
+        free = [i for i in range(self._parallel) if i not in self._slots]
+        while free:
+            try:
+                msg = self._waiting.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            rid = int(msg["id"])
+            with self._lock:
+                if rid in self._cancelled:
+                    self._cancelled.discard(rid)
+                    continue
+            tokens = [int(t) for t in msg["tokens"]]
+            if not tokens or len(tokens) >= self._n_ctx:
+                self._send(
+                    {
+                        "id": rid,
+                        "event": "error",
+                        "kind": "context_length",
+                        "prompt_tokens": len(tokens),
+                        "context_size": self._n_ctx,
+                        "param": "messages",
+                    }
+                )
+                continue
+            seq_id = free.pop(0)
+            self._slots[seq_id] = _Slot(
+                seq_id=seq_id,
+                request_id=rid,
+                prompt=tokens,
+                max_tokens=min(int(msg["max_tokens"]), self._n_ctx - len(tokens)),
+                stops=StopMatcher(list(msg.get("stop") or [])),
+                sampler=self._sampler(msg),
+                lstrip=bool(msg.get("lstrip")),
+            )
+            self._send({"id": rid, "event": "start", "prompt_tokens": len(tokens)})
+
+    def _sampler(self, msg: Message) -> Any:
+        L = self._L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        presence = float(msg.get("presence_penalty", 0.0))
+        frequency = float(msg.get("frequency_penalty", 0.0))
+        if presence or frequency:
+            L.llama_sampler_chain_add(
+                chain, L.llama_sampler_init_penalties(64, 1.0, frequency, presence)
+            )
+        temperature = float(msg.get("temperature", 1.0))
+        if temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        seed = msg.get("seed")
+        L.llama_sampler_chain_add(
+            chain, L.llama_sampler_init_top_p(float(msg.get("top_p", 1.0)), 1)
+        )
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(temperature))
+        L.llama_sampler_chain_add(
+            chain,
+            L.llama_sampler_init_dist(
+                int(seed) & 0xFFFFFFFF if seed is not None else random.getrandbits(32)
+            ),
+        )
+        return chain
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            if not self._cancelled:
+                return
+            cancelled, self._cancelled = self._cancelled, set()
+        for slot in list(self._slots.values()):
+            if slot.request_id in cancelled:
+                self._release(slot)
+
+    def _step(self) -> None:
+        """Build one batch (decodes first, then prefill chunks), decode, sample."""
+        L, batch = self._L, self._batch.batch
+        n = 0
+        outputs: list[tuple[_Slot, int]] = []
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        prefilling = any(s.prefilled < len(s.prompt) for s in self._slots.values())
+        # A new prompt gets a prefill-only step first, so its first token comes after one
+        # small step instead of a full batched one; the next step decodes everyone again,
+        # so a long prompt delays the others by at most one chunk per two steps.
+        prefill_only = prefilling and not self._last_was_prefill
+        self._last_was_prefill = prefill_only
+        for slot in self._slots.values():
+            if slot.next_token is not None and not prefill_only:
+                add(slot.next_token, len(slot.prompt) + slot.generated - 1, slot.seq_id, True)
+                outputs.append((slot, n - 1))
+        for slot in self._slots.values():
+            left = len(slot.prompt) - slot.prefilled
+            room = min(left, self._chunk, self._capacity - n)
+            if left <= 0 or room <= 0:
+                continue
+            for i in range(room):
+                pos = slot.prefilled + i
+                add(slot.prompt[pos], pos, slot.seq_id, pos == len(slot.prompt) - 1)
+            slot.prefilled += room
+            if slot.prefilled == len(slot.prompt):
+                outputs.append((slot, n - 1))
+        batch.n_tokens = n
+        try:
+            self._ctx.decode(self._batch)
+        except RuntimeError as exc:
+            log.error("llama_decode failed: %s", exc)
+            for slot in list(self._slots.values()):
+                self._send(
+                    {
+                        "id": slot.request_id,
+                        "event": "error",
+                        "kind": "internal",
+                        "message": str(exc),
+                    }
+                )
+                self._release(slot)
+            return
+        for slot, index in outputs:
+            token = L.llama_sampler_sample(slot.sampler, self._ctx.ctx, index)
+            self._on_token(slot, int(token))
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        if self._L.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        slot.next_token = token
+        piece = self._model.detokenize([token], special=True)
+        text, stopped = slot.stops.feed(slot.decoder.decode(piece))
+        if slot.lstrip:
+            text = text.lstrip()
+            slot.lstrip = not text
+        if text:
+            self._send({"id": slot.request_id, "event": "token", "text": text, "n": slot.generated})
+        if stopped:
+            self._finish(slot, "stop", flush=False)
+        elif slot.generated >= slot.max_tokens:
+            self._finish(slot, "length")
+
+    def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
+        if flush:
+            tail = slot.stops.flush() + slot.decoder.decode(b"", final=True)
+            if tail:
+                self._send(
+                    {"id": slot.request_id, "event": "token", "text": tail, "n": slot.generated}
+                )
+        self._send(
+            {
+                "id": slot.request_id,
+                "event": "done",
+                "finish_reason": reason,
+                "prompt_tokens": len(slot.prompt),
+                "completion_tokens": slot.generated,
+            }
+        )
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        L = self._L
+        L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, -1, -1)
+        L.llama_sampler_free(slot.sampler)
+        del self._slots[slot.seq_id]
