@@ -57,6 +57,9 @@ class ModelSpec(_Strict):
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
     # Sequences decoded together (continuous batching); 1 decodes one request at a time.
     parallel: Annotated[int, Field(ge=1, le=256)] = 1
+    # Extra sequence slots kept for other tenants while one tenant holds `parallel`, so a
+    # newcomer starts at once instead of waiting for a busy tenant's stream to end.
+    reserved_slots: Annotated[int, Field(ge=0, le=64)] = 1
     # Prompt tokens prefilled per sequence per step while others decode.
     prefill_chunk: Annotated[int, Field(ge=8, le=8192)] = 128
     # Rate limits on the model as a whole, across every key and team.
@@ -68,6 +71,12 @@ class ModelSpec(_Strict):
     # Dynamic batching of the embedding worker.
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 2.0
+
+    @property
+    def slots(self) -> int:
+        """Sequence slots in the worker: `parallel`, plus the reserved ones when batching
+        (a worker decoding one sequence at a time has no batch to keep room in)."""
+        return self.parallel + self.reserved_slots if self.parallel > 1 else 1
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:

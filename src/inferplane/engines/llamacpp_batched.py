@@ -57,21 +57,24 @@ class BatchedLlamaEngine:
 
         self._L = L
         self._spec = spec
-        self._parallel = spec.parallel
+        self._parallel = spec.slots
         self._n_ctx = spec.context_size
         self._chunk = spec.prefill_chunk
         self._model = LlamaModel(
             path_model=str(path), params=L.llama_model_default_params(), verbose=False
         )
         params = L.llama_context_default_params()
-        params.n_ctx = spec.context_size * spec.parallel
-        params.n_batch = params.n_ubatch = max(512, spec.parallel)
-        params.n_seq_max = spec.parallel
+        params.n_ctx = spec.context_size * spec.slots
+        params.n_batch = params.n_ubatch = max(512, spec.slots)
+        params.n_seq_max = spec.slots
         params.kv_unified = False  # each slot gets its own context_size cells
         params.swa_full = True
-        # Batched decoding keeps every core busy: all of them unless told otherwise.
-        threads = spec.threads or os.cpu_count() or 2
-        params.n_threads = params.n_threads_batch = threads
+        # Batched steps keep every core busy; a lone sequence's step is too small to split
+        # well (measured: 1 thread beats 2 on 2 cores), so it gets half of them.
+        self._threads_many = spec.threads or os.cpu_count() or 2
+        self._threads_one = spec.threads or max(1, self._threads_many // 2)
+        self._threads = self._threads_many
+        params.n_threads = params.n_threads_batch = self._threads
         with suppress_stdout_stderr(disable=False):  # llama.cpp's load chatter
             self._ctx = LlamaContext(model=self._model, params=params, verbose=False)
         self._batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
@@ -218,6 +221,10 @@ class BatchedLlamaEngine:
             if slot.prefilled == len(slot.prompt):
                 outputs.append((slot, n - 1))
         batch.n_tokens = n
+        threads = self._threads_one if n == 1 else self._threads_many
+        if threads != self._threads:
+            L.llama_set_n_threads(self._ctx.ctx, threads, threads)
+            self._threads = threads
         try:
             self._ctx.decode(self._batch)
         except RuntimeError as exc:

@@ -46,7 +46,13 @@ def load_local_model(
     depth = metrics.queue_depth.labels(spec.id).set
     if spec.engine == "llamacpp":
         # As many dispatch slots as the worker decodes sequences at once.
-        queue = FairQueue(spec.id, capacity=spec.parallel, max_queue=spec.max_queue, on_depth=depth)
+        queue = FairQueue(
+            spec.id,
+            capacity=spec.slots,
+            max_queue=spec.max_queue,
+            headroom=spec.slots - spec.parallel,
+            on_depth=depth,
+        )
         return LocalModel(spec, asset, worker, queue, prompts=LlamaPrompts(spec, asset.path))
     queue = FairQueue(
         spec.id, capacity=spec.max_batch_size, max_queue=spec.max_queue, on_depth=depth

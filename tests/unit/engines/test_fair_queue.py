@@ -91,7 +91,7 @@ async def _enter(queue: FairQueue) -> None:
 
 def test_headroom_keeps_a_slot_for_other_tenants() -> None:
     async def scenario() -> list[str]:
-        queue = FairQueue("m", capacity=3, max_queue=100)  # one tenant may hold 2
+        queue = FairQueue("m", capacity=3, max_queue=100, headroom=1)  # one tenant: 2 slots
         order: list[str] = []
         gate = asyncio.Event()
 
