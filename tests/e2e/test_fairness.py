@@ -1,12 +1,11 @@
 """Fair shares: one team flooding a model barely delays another team's requests.
 
 Team A floods the default gemma deployment (8 sequence slots, continuously batched) with
-8 parallel long streams; team B sends one request at a time. The fair queue never lets
-one team hold every slot and serves the lighter team first, so B starts at once: its
-wait (time to first token) grows only by the cost of sharing decode steps. Measured on
-the 2-core machine: about 3x B's idle figure (the issue's aim is 2x; see README). Were
-B queued behind A (FIFO, or A holding all 8 slots), it would wait for one of A's
-200-token streams to finish: over 10x.
+8 parallel long streams; team B sends one request at a time. A slot is reserved for
+other tenants and the fair queue serves the lighter team first, so B starts at once:
+its wait (time to first token) grows only by the cost of sharing decode steps (about
+2x B's idle figure, measured on the 2-core machine). Were B queued behind A (FIFO, or
+A holding every slot), it would wait for one of A's 200-token streams: over 10x.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ def _timed_completion(server: Server, key: str, max_tokens: int) -> tuple[float,
 
 def test_light_team_is_not_stuck_behind_a_flooding_team(server: Server) -> None:
     a, b = _team_key(server, "a"), _team_key(server, "b")
-    idle = [_timed_completion(server, b, 8)[0] for _ in range(3)]
+    idle = [_timed_completion(server, b, 8)[0] for _ in range(7)]
     a_durations: list[float] = []
     stop = threading.Event()
 
@@ -63,12 +62,13 @@ def test_light_team_is_not_stuck_behind_a_flooding_team(server: Server) -> None:
     while metric(server, "inferplane_queue_depth", model=LLM) < 8:  # A's 8 streams are in
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    waits = [_timed_completion(server, b, 8)[0] for _ in range(5)]
+    waits = [_timed_completion(server, b, 8)[0] for _ in range(7)]
     stop.set()
     for t in threads:
         t.join(timeout=120)
     print(
         f"B idle {statistics.median(idle):.3f} s, under A's flood {statistics.median(waits):.3f} s"
     )
-    assert statistics.median(waits) <= 5 * statistics.median(idle)
+    # Measured 1.7x to 2.2x (median of runs); the bound leaves room for this VM's noise.
+    assert statistics.median(waits) <= 3 * statistics.median(idle)
     assert len(a_durations) >= 8  # A kept getting the remaining capacity
