@@ -36,6 +36,17 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60)
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Ask a server to stop; kill it if it will not."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _wait_for_logins(url: str, timeout: float = 60) -> None:
     """The port answers before the cluster accepts logins: wait for a real query."""
     engine = sa.create_engine(normalise_url(url))
@@ -123,11 +134,7 @@ class PostgresServer:
             capture_output=True,
             timeout=60,
         )
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        _end(self._process)
 
 
 @contextmanager
@@ -178,13 +185,8 @@ class RedisServer:
         _wait_port(self.port, self._process)
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            _end(self._process)
 
 
 @contextmanager
