@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from inferplane.engines.local import LocalModel
@@ -85,23 +86,13 @@ class InferenceService:
         prompt = await self._prepare(model, size_hint, cap=min(caps, default=None), **prompt_input)
         n_prompt = len(prompt.tokens)
         admission = await self._admitter.admit(ctx, model, scopes, n_prompt, prompt.max_tokens)
-        generated, status = 0, 499  # 499: the caller went away, unless we learn otherwise
-        try:
+        with self._accounted(ctx, model, admission, _Tally(n_prompt)) as tally:
             async for event in self._invoke(ctx, model, prompt, sampling):
                 if isinstance(event, TextDelta):
-                    generated = event.tokens_so_far
+                    tally.completion = event.tokens_so_far
                 elif isinstance(event, Finished):
-                    generated, status = event.completion_tokens, 200
+                    tally.completion, tally.status = event.completion_tokens, 200
                 yield event
-        except InferplaneError as exc:
-            status = exc.status
-            raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            # A finished, failed or abandoned request: charge what was really used.
-            self._finish(ctx, model, admission, n_prompt, generated, status)
 
     async def _prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
         """Template + tokenize + context check, with the model's own tokenizer."""
@@ -163,8 +154,7 @@ class InferenceService:
             tokens = await asyncio.to_thread(counter.count, inputs)
         scopes = rate_scopes(ctx.principal, model)
         admission = await self._admitter.admit(ctx, model, scopes, sum(tokens), 0)
-        status = 499
-        try:
+        with self._accounted(ctx, model, admission, _Tally(sum(tokens))) as tally:
             async with _slot(ctx, model, sum(tokens)):
                 client = await model.worker.client()
                 async for msg in client.stream({"op": "embed", "input": inputs}):
@@ -172,18 +162,26 @@ class InferenceService:
                         raise _worker_error(msg)
                     if msg["event"] == "embeddings":
                         self._meter(model.id, sum(tokens), 0)
-                        status = 200
+                        tally.status = 200
                         data = base64.b64decode(msg["data"])
                         return Embeddings(data, int(msg["dim"]), tokens)
             raise InferplaneError("The worker ended the request without a result.")
+
+    @contextmanager
+    def _accounted(
+        self, ctx: RequestContext, model: LocalModel, admission: Admission, tally: _Tally
+    ) -> Iterator[_Tally]:
+        """However the request ends (served, failed, abandoned), charge what it used."""
+        try:
+            yield tally
         except InferplaneError as exc:
-            status = exc.status
+            tally.status = exc.status
             raise
         except Exception:
-            status = 500
+            tally.status = 500
             raise
         finally:
-            self._finish(ctx, model, admission, sum(tokens), 0, status)
+            self._finish(ctx, model, admission, tally.prompt, tally.completion, tally.status)
 
     def _finish(
         self,
@@ -227,6 +225,13 @@ class InferenceService:
         self._metrics.prompt_tokens.labels(model).inc(prompt_tokens)
         if completion_tokens:
             self._metrics.completion_tokens.labels(model).inc(completion_tokens)
+
+
+@dataclass
+class _Tally:
+    prompt: int
+    completion: int = 0
+    status: int = 499  # the caller went away, unless we learn otherwise
 
 
 def _slot(ctx: RequestContext, model: LocalModel, cost: int) -> AbstractAsyncContextManager[None]:
