@@ -1,6 +1,10 @@
-"""Aggregate decode throughput and time to first token at 1, 4, 8 and 16 concurrent
-streams through inferplane (default gemma deployment: 8 continuously batched slots;
-a 16th stream waits for a slot). Ratios are against inferplane's own single stream.
+"""Continuous batching: aggregate decode throughput and time to first token at 1, 4, 8
+and 16 concurrent streams, in one run, for
+  (a) inferplane (default gemma deployment: 8 batched slots per tenant + 1 reserved),
+  (b) llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`), same GGUF,
+  (c) the raw batched-decode limit: a loop over `llama_decode` with B sequences and no
+      server at all.
+Each client streams a distinct prompt with greedy decoding of `--tokens` tokens.
 
     .venv/bin/python bench/batching.py [--tokens 96]
 """
@@ -8,42 +12,51 @@ a 16th stream waits for a slot). Ratios are against inferplane's own single stre
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import httpx
+import openai
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
-from tests.e2e.server import Server, running_server  # noqa: E402
+from inferplane.config import load_settings  # noqa: E402
+from inferplane.engines.assets import provision  # noqa: E402
+from tests.e2e.server import free_port, running_server  # noqa: E402
+
+STREAMS = (1, 4, 8, 16)
 
 
-def run(server: Server, streams: int, tokens: int) -> tuple[float, float]:
+def clients_run(
+    client: openai.OpenAI, model: str, streams: int, tokens: int
+) -> tuple[float, float]:
+    """(aggregate completion tokens/s, median time to first token) for `streams` clients."""
     ttfts: list[float] = []
     counts: list[int] = []
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        client = server.client()
         start = time.perf_counter()
-        first = None
-        n = 0
+        first, n = None, 0
         for chunk in client.completions.create(
-            model="gemma-3-270m",
+            model=model,
             prompt=f"{i}, {i + 1}, {i + 2},",
             max_tokens=tokens,
             temperature=0,
             stream=True,
-            stream_options={"include_usage": True},
         ):
-            if first is None and chunk.choices and chunk.choices[0].text:
-                first = time.perf_counter() - start
-            if chunk.usage:
-                n = chunk.usage.completion_tokens
+            if chunk.choices and chunk.choices[0].text:
+                n += 1  # one streamed piece per token (no stop strings here)
+                if first is None:
+                    first = time.perf_counter() - start
         with lock:
             ttfts.append(first or 0.0)
             counts.append(n)
@@ -57,21 +70,121 @@ def run(server: Server, streams: int, tokens: int) -> tuple[float, float]:
     return sum(counts) / (time.perf_counter() - start), statistics.median(ttfts)
 
 
+def raw_limit(gguf: Path, streams: int, tokens: int) -> float:
+    """Tokens/s of bare batched decoding: B sequences, one llama_decode per step."""
+    import llama_cpp as L
+    from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=False):
+        model = LlamaModel(
+            path_model=str(gguf), params=L.llama_model_default_params(), verbose=False
+        )
+        params = L.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_seq_max = 512 * streams, 512, streams
+        params.kv_unified, params.swa_full = False, True
+        params.n_threads = params.n_threads_batch = os.cpu_count() or 2
+        ctx = LlamaContext(model=model, params=params, verbose=False)
+    batch = LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+    b = batch.batch
+    prompts = [
+        model.tokenize(f"{i}, {i + 1}, {i + 2},".encode(), True, True) for i in range(streams)
+    ]
+    n = 0
+    for seq, prompt in enumerate(prompts):
+        for pos, tok in enumerate(prompt):
+            b.token[n], b.pos[n], b.n_seq_id[n] = tok, pos, 1
+            b.seq_id[n][0], b.logits[n] = seq, pos == len(prompt) - 1
+            n += 1
+    b.n_tokens = n
+    ctx.decode(batch)
+    samplers = [L.llama_sampler_init_greedy() for _ in range(streams)]
+    rows = [sum(len(p) for p in prompts[: i + 1]) - 1 for i in range(streams)]
+    start = time.perf_counter()
+    for step in range(tokens):
+        toks = [L.llama_sampler_sample(samplers[i], ctx.ctx, rows[i]) for i in range(streams)]
+        for i, tok in enumerate(toks):
+            b.token[i], b.pos[i], b.n_seq_id[i] = tok, len(prompts[i]) + step, 1
+            b.seq_id[i][0], b.logits[i] = i, True
+        b.n_tokens = streams
+        ctx.decode(batch)
+        rows = list(range(streams))
+    elapsed = time.perf_counter() - start
+    for s in samplers:
+        L.llama_sampler_free(s)
+    ctx.close()
+    model.close()
+    return streams * tokens / elapsed
+
+
+def llama_cpp_server(gguf: Path, tokens: int) -> dict[int, tuple[float, float]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("llama_cpp.server did not start")
+            time.sleep(0.2)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600
+        )
+        clients_run(client, str(gguf), 1, 8)  # warm-up
+        out = {n: clients_run(client, str(gguf), n, tokens) for n in STREAMS}
+        client.close()
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=96)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
-        run(server, 2, 8)  # warm-up
-        results = {n: run(server, n, args.tokens) for n in (1, 4, 8, 16)}
-    base_rate, base_ttft = results[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        gguf = provision(load_settings(env={}).models[0], data).path
+        with running_server(data) as server:
+            client = server.client(timeout=600)
+            clients_run(client, "gemma-3-270m", 2, 8)  # warm-up
+            ours = {n: clients_run(client, "gemma-3-270m", n, args.tokens) for n in STREAMS}
+        theirs = llama_cpp_server(gguf, args.tokens)
+        raw = {n: raw_limit(gguf, n, args.tokens) for n in STREAMS}
     print(f"machine: {describe()}")
-    print(f"continuous batching, gemma-3-270m, {args.tokens} tokens per stream")
-    for n, (rate, ttft) in results.items():
-        print(
-            f"  {n:2} streams: {rate:6.1f} tokens/s ({rate / base_rate:4.2f}x single), "
-            f"median TTFT {ttft * 1000:6.1f} ms ({ttft / base_ttft:4.2f}x single)"
-        )
+    print(f"gemma-3-270m Q4_K_M, {args.tokens} greedy tokens per stream; tokens/s (TTFT ms)")
+    print(f"  {'streams':>7}  {'inferplane':>20}  {'llama_cpp.server':>20}  {'raw batched':>11}")
+    for n in STREAMS:
+        (r, t), (r2, t2) = ours[n], theirs[n]
+        print(f"  {n:>7}  {r:8.1f} ({t * 1000:7.1f})  {r2:8.1f} ({t2 * 1000:7.1f})  {raw[n]:11.1f}")
+    r1, t1 = ours[1]
+    r8, t8 = ours[8]
+    print(
+        f"  at 8 streams: {r8 / r1:.2f}x inferplane's single stream (aim >= 2.5), "
+        f"{r8 / raw[8]:.2f}x the raw limit (aim >= 0.8), {r8 / theirs[8][0]:.2f}x "
+        f"llama_cpp.server (aim >= 2.5); TTFT {t8 / t1:.2f}x single (aim < 2)"
+    )
 
 
 if __name__ == "__main__":
