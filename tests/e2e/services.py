@@ -13,14 +13,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import sqlalchemy as sa
 
 from inferplane.store.database import normalise_url
 from tests.e2e.server import free_port
 
+S = TypeVar("S", bound="_Server")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -34,6 +36,24 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60)
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
+
+
+class _Server(Protocol):
+    root: Path
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+@contextmanager
+def _running(server: S) -> Iterator[S]:
+    """Start a server for the duration of the block; stop it and remove its files after."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -137,15 +157,8 @@ class PostgresServer:
         _end(self._process)
 
 
-@contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+def postgres_server() -> AbstractContextManager[PostgresServer]:
+    return _running(PostgresServer())
 
 
 @contextmanager
@@ -189,15 +202,8 @@ class RedisServer:
             _end(self._process)
 
 
-@contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+def redis_server() -> AbstractContextManager[RedisServer]:
+    return _running(RedisServer())
 
 
 @contextmanager

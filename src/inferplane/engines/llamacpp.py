@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import codecs
 import logging
-import queue
 import random
-import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inferplane.config import ModelSpec
+from inferplane.engines.base import EngineBase
 from inferplane.engines.protocol import Channel, Message
 from inferplane.engines.stops import StopMatcher
 from inferplane.errors import ContextLengthExceeded, InvalidRequest
@@ -42,14 +41,14 @@ class Sequence:
     )
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(EngineBase):
     """Loads a GGUF model and serves generate requests from one scheduler thread."""
 
     def __init__(self, spec: ModelSpec, path: Path):
+        super().__init__()
         from llama_cpp import Llama  # imported here: the gateway process never loads it
 
         self._spec = spec
-        self._channel: Channel | None = None
         self._llm = Llama(
             model_path=str(path),
             n_ctx=spec.context_size,
@@ -57,30 +56,9 @@ class LlamaCppEngine:
             n_batch=512,
             verbose=False,
         )
-        self._waiting: queue.Queue[Message] = queue.Queue()
-        self._cancelled: set[int] = set()
-        self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         return {"kind": "llm", "context_size": self._llm.n_ctx()}
-
-    def _send(self, msg: Message) -> None:
-        assert self._channel is not None, "run() attaches the channel"
-        self._channel.send(msg)
-
-    def submit(self, msg: Message) -> None:
-        self._waiting.put(msg)
-
-    def cancel(self, request_id: int) -> None:
-        with self._lock:
-            self._cancelled.add(request_id)
-
-    def _take_cancelled(self, request_id: int) -> bool:
-        with self._lock:
-            if request_id in self._cancelled:
-                self._cancelled.discard(request_id)
-                return True
-            return False
 
     # -- the scheduler loop -------------------------------------------------------------
 

@@ -20,12 +20,12 @@ import logging
 import os
 import queue
 import random
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inferplane.config import ModelSpec
+from inferplane.engines.base import EngineBase
 from inferplane.engines.protocol import Channel, Message
 from inferplane.engines.stops import StopMatcher
 
@@ -49,8 +49,9 @@ class _Slot:
     )
 
 
-class BatchedLlamaEngine:
+class BatchedLlamaEngine(EngineBase):
     def __init__(self, spec: ModelSpec, path: Path):
+        super().__init__()
         import llama_cpp as L
         from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
         from llama_cpp._utils import suppress_stdout_stderr
@@ -80,26 +81,11 @@ class BatchedLlamaEngine:
         self._batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
         self._capacity = params.n_batch
         self._vocab = self._model.vocab
-        self._waiting: queue.Queue[Message] = queue.Queue()
-        self._cancelled: set[int] = set()
-        self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
         self._last_was_prefill = False
-        self._channel: Channel | None = None
 
     def info(self) -> dict[str, Any]:
         return {"kind": "llm", "context_size": self._n_ctx, "parallel": self._parallel}
-
-    def submit(self, msg: Message) -> None:
-        self._waiting.put(msg)
-
-    def cancel(self, request_id: int) -> None:
-        with self._lock:
-            self._cancelled.add(request_id)
-
-    def _send(self, msg: Message) -> None:
-        assert self._channel is not None, "run() attaches the channel"
-        self._channel.send(msg)
 
     # -- the scheduler loop -------------------------------------------------------------
 
@@ -120,10 +106,8 @@ class BatchedLlamaEngine:
                 return
             block = False
             rid = int(msg["id"])
-            with self._lock:
-                if rid in self._cancelled:
-                    self._cancelled.discard(rid)
-                    continue
+            if self._take_cancelled(rid):
+                continue
             tokens = [int(t) for t in msg["tokens"]]
             if not tokens or len(tokens) >= self._n_ctx:
                 self._send(
@@ -176,10 +160,9 @@ class BatchedLlamaEngine:
         return chain
 
     def _drop_cancelled(self) -> None:
-        with self._lock:
-            if not self._cancelled:
-                return
-            cancelled, self._cancelled = self._cancelled, set()
+        cancelled = self._take_all_cancelled()
+        if not cancelled:
+            return
         for slot in list(self._slots.values()):
             if slot.request_id in cancelled:
                 self._release(slot)

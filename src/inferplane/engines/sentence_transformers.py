@@ -19,23 +19,23 @@ from typing import Any
 import numpy as np
 
 from inferplane.config import ModelSpec
+from inferplane.engines.base import EngineBase
 from inferplane.engines.protocol import Channel, Message
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(EngineBase):
     def __init__(self, spec: ModelSpec, path: Path):
+        super().__init__()
         import torch
         from sentence_transformers import SentenceTransformer
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self._spec = spec
-        self._channel: Channel | None = None
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self._max_len: int = self._model.max_seq_length or 512
-        self._waiting: queue.Queue[Message] = queue.Queue()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -43,13 +43,6 @@ class EmbeddingEngine:
             "context_size": self._max_len,
             "dimensions": self._model.get_embedding_dimension() or 0,
         }
-
-    def _send(self, msg: Message) -> None:
-        assert self._channel is not None, "run() attaches the channel"
-        self._channel.send(msg)
-
-    def submit(self, msg: Message) -> None:
-        self._waiting.put(msg)
 
     def cancel(self, request_id: int) -> None:
         """Embedding batches are short; a cancelled request's result is simply dropped."""
