@@ -3,9 +3,9 @@
 Team A floods the default gemma deployment (8 sequence slots, continuously batched) with
 8 parallel long streams; team B sends one request at a time. A slot is reserved for
 other tenants and the fair queue serves the lighter team first, so B starts at once:
-its wait (time to first token) grows only by the cost of sharing decode steps (about
-2x B's idle figure, measured on the 2-core machine). Were B queued behind A (FIFO, or
-A holding every slot), it would wait for one of A's 200-token streams: over 10x.
+its wait (time to first token) grows only by the cost of sharing decode steps (1.7x to
+3.4x B's idle figure, measured on the 2-core machine). Were B queued behind A (FIFO, or
+A holding every slot), it would wait for one of A's 200-token streams: about 20x.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def test_light_team_is_not_stuck_behind_a_flooding_team(server: Server) -> None:
     print(
         f"B idle {statistics.median(idle):.3f} s, under A's flood {statistics.median(waits):.3f} s"
     )
-    # Measured 1.7x to 2.2x (median of runs); the bound leaves room for this VM's noise.
-    assert statistics.median(waits) <= 3 * statistics.median(idle)
+    # Measured 1.7x to 3.4x across runs on this noisy 2-core VM. Without the fair queue
+    # and the reserved slot B would wait for one of A's 200-token streams to end: about
+    # 20x. The bound sits between the two so that only the unfair case fails.
+    assert statistics.median(waits) <= 6 * statistics.median(idle)
     assert len(a_durations) >= 8  # A kept getting the remaining capacity
