@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.e2e.server import Server
+from tests.e2e.server import Server, metric
 
 LLM = "gemma-3-270m"
 PROMPTS = [
@@ -31,16 +31,24 @@ def _complete(server: Server, prompt: str, max_tokens: int = 20) -> str:
 def test_concurrent_streams_match_their_solo_outputs(server: Server) -> None:
     solo = {p: _complete(server, p) for p in PROMPTS}
     assert len(set(solo.values())) == len(PROMPTS)  # distinct prompts, distinct outputs
+    # Two streams at a time: llama.cpp computes each sequence exactly as alone.
+    with ThreadPoolExecutor(2) as pool:
+        paired = dict(zip(PROMPTS, pool.map(lambda p: _complete(server, p), PROMPTS), strict=True))
+    assert paired == solo
+    # Eight at a time: llama.cpp's kernels for bigger batches round differently (logits
+    # off by up to ~2 from the third decode step, measured), which flips near-tie greedy
+    # choices: over 18 runs on the 2-core machine, 5 to 7 of 8 outputs were identical
+    # over 20 tokens and the others diverged after 1 to 15 tokens. Bound tested: half
+    # identical, every output sharing its first 4 characters, and no cross-talk.
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         together = dict(
             zip(PROMPTS, pool.map(lambda p: _complete(server, p), PROMPTS), strict=True)
         )
     same = [p for p in PROMPTS if together[p] == solo[p]]
-    # Batched arithmetic can flip a near-tie greedy choice (documented bound: at least 5
-    # of 8 outputs identical to solo; 7 or 8 is typical); no output may carry another
-    # prompt's text.
-    assert len(same) >= 5, {p: (solo[p], together[p]) for p in PROMPTS if p not in same}
+    assert len(same) >= 4, {p: (solo[p], together[p]) for p in PROMPTS if p not in same}
     for p in PROMPTS:
+        assert together[p][:4] == solo[p][:4], (solo[p], together[p])
+        # No output carries another prompt's text.
         others = [solo[q] for q in PROMPTS if q != p and len(solo[q]) > 8]
         assert not any(o in together[p] for o in others)
 
@@ -78,3 +86,47 @@ def test_a_long_prompt_does_not_stall_running_streams(server: Server) -> None:
     # The long prompt is prefilled in chunks between decode steps: the running streams
     # pause for about a chunk at a time, never for the whole prefill.
     assert gap_during < prefill_s / 2
+
+
+def test_batching_metrics_account_for_every_step(server: Server) -> None:
+    def counters() -> dict[str, float]:
+        return {
+            "prompt": metric(server, "inferplane_engine_tokens_total", model=LLM, kind="prompt"),
+            "generated": metric(
+                server, "inferplane_engine_tokens_total", model=LLM, kind="generated"
+            ),
+            "batches": metric(server, "inferplane_engine_batch_size_count", model=LLM),
+            "multi": metric(server, "inferplane_engine_batch_size_count", model=LLM)
+            - metric(server, "inferplane_engine_batch_size_bucket", model=LLM, le="1.0"),
+            "decode_s": metric(
+                server, "inferplane_engine_step_seconds_total", model=LLM, phase="decode"
+            ),
+            "waits": metric(server, "inferplane_queue_wait_seconds_count", model=LLM),
+        }
+
+    before = counters()
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(
+            pool.map(
+                lambda p: server.client().completions.create(
+                    model=LLM, prompt=p, max_tokens=24, temperature=0
+                ),
+                ["1, 2, 3, 4,", "10, 20, 30,", "a, b, c, d,", "2, 4, 6, 8,"],
+            )
+        )
+    prompt = sum(r.usage.prompt_tokens for r in responses if r.usage)
+    generated = sum(r.usage.completion_tokens for r in responses if r.usage)
+    assert generated == 4 * 24  # counting never hits end-of-text this soon
+    deadline = time.monotonic() + 10  # the worker reports on going idle
+    while counters()["generated"] - before["generated"] < generated:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    after = counters()
+    assert metric(server, "inferplane_engine_slots_in_use", model=LLM) == 0
+    assert after["prompt"] - before["prompt"] == prompt
+    assert after["generated"] - before["generated"] == generated
+    # Each request was fed back 23 of its 24 tokens, at least once several at a step.
+    assert after["batches"] - before["batches"] <= 4 * 23
+    assert after["multi"] > before["multi"]
+    assert after["decode_s"] > before["decode_s"]
+    assert after["waits"] - before["waits"] == 4

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from inferplane.engines.protocol import Message, decode, encode
@@ -33,11 +33,13 @@ class WorkerClient:
         writer: asyncio.StreamWriter,
         *,
         max_queue: int,
+        on_stats: Callable[[Message], None] = lambda stats: None,
     ):
         self.model = model
         self._reader = reader
         self._writer = writer
         self._max_queue = max_queue
+        self._on_stats = on_stats
         self._pending: dict[int, asyncio.Queue[Message]] = {}
         self._ids = itertools.count(1)
         self._admitted = 0
@@ -55,6 +57,8 @@ class WorkerClient:
                 queue = self._pending.get(msg.get("id", -1))
                 if queue is not None:
                     queue.put_nowait(msg)
+                elif msg.get("event") == "stats":  # the engine's own report, no request
+                    self._on_stats(msg)
         except (OSError, ValueError) as exc:
             log.warning("connection to worker %s failed: %s", self.model, exc)
         finally:

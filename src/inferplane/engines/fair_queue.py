@@ -61,9 +61,11 @@ class FairQueue:
         aging_s: float = 10.0,
         headroom: int | None = None,
         on_depth: Callable[[int], None] = lambda depth: None,
+        on_wait: Callable[[float], None] = lambda seconds: None,
     ):
         self._model = model
         self._on_depth = on_depth
+        self._on_wait = on_wait
         self._capacity = capacity
         # One tenant may hold at most capacity - headroom slots, so that a request from
         # another tenant finds a slot at once instead of waiting for one to free up.
@@ -161,6 +163,7 @@ class FairQueue:
             self._held[waiter.tenant] = self._held.get(waiter.tenant, 0) + 1
             self._vtime = waiter.start_tag
             waiter.future.set_result(None)
+            self._on_wait(time.monotonic() - waiter.enqueued)
         self._report()
 
     def _next(self) -> _Waiter | None:

@@ -44,6 +44,7 @@ def load_local_model(
 ) -> LocalModel:
     """Load the gateway-side tokenizer (blocking: call it from a thread)."""
     depth = metrics.queue_depth.labels(spec.id).set
+    wait = metrics.queue_wait.labels(spec.id).observe
     if spec.engine == "llamacpp":
         # As many dispatch slots as the worker decodes sequences at once.
         queue = FairQueue(
@@ -52,9 +53,14 @@ def load_local_model(
             max_queue=spec.max_queue,
             headroom=spec.slots - spec.parallel,
             on_depth=depth,
+            on_wait=wait,
         )
         return LocalModel(spec, asset, worker, queue, prompts=LlamaPrompts(spec, asset.path))
     queue = FairQueue(
-        spec.id, capacity=spec.max_batch_size, max_queue=spec.max_queue, on_depth=depth
+        spec.id,
+        capacity=spec.max_batch_size,
+        max_queue=spec.max_queue,
+        on_depth=depth,
+        on_wait=wait,
     )
     return LocalModel(spec, asset, worker, queue, embedding_tokens=EmbeddingTokens(asset.path))

@@ -110,6 +110,7 @@ class ManagedWorker:
             reader,
             writer,
             max_queue=self.spec.max_queue,
+            on_stats=lambda stats: self._metrics.worker_stats(self.spec.id, stats),
         )
         self._ready.set()
         self._metrics.worker_up.labels(self.spec.id).set(1)
@@ -169,6 +170,7 @@ class ManagedWorker:
     def _mark_down(self) -> None:
         self._ready.clear()
         self._metrics.worker_up.labels(self.spec.id).set(0)
+        self._metrics.engine_slots_in_use.labels(self.spec.id).set(0)
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True

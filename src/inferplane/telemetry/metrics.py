@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -69,6 +71,59 @@ class Metrics:
         self.worker_up = Gauge(
             "inferplane_worker_up", "1 when the model's worker is ready.", ["model"], registry=r
         )
+        self.queue_wait = Histogram(
+            "inferplane_queue_wait_seconds",
+            "Time a request waited in the model's fair queue for a sequence slot.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Continuous batching, reported by the worker (see WorkerStats below).
+        self.engine_steps = Counter(
+            "inferplane_engine_steps_total",
+            "Batched decode steps; phase is prefill (prompt tokens only), decode (generated "
+            "tokens only) or mixed.",
+            ["model", "phase"],
+            registry=r,
+        )
+        self.engine_step_seconds = Counter(
+            "inferplane_engine_step_seconds_total",
+            "Time spent in batched decode steps, by phase.",
+            ["model", "phase"],
+            registry=r,
+        )
+        self.engine_tokens = Counter(
+            "inferplane_engine_tokens_total",
+            "Tokens through the model's batched steps: prompt (prefilled) or generated.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.engine_batch_size = Histogram(
+            "inferplane_engine_batch_size",
+            "Sequences decoded together in one step.",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            registry=r,
+        )
+        self.engine_slots_in_use = Gauge(
+            "inferplane_engine_slots_in_use",
+            "Sequence slots of the model's worker holding a request.",
+            ["model"],
+            registry=r,
+        )
+
+    def worker_stats(self, model: str, stats: dict[str, Any]) -> None:
+        """Fold one stats report of a batching worker (deltas since its last report)."""
+        for phase, (steps, seconds) in stats.get("phases", {}).items():
+            self.engine_steps.labels(model, phase).inc(steps)
+            self.engine_step_seconds.labels(model, phase).inc(seconds)
+        for kind, count in stats.get("tokens", {}).items():
+            self.engine_tokens.labels(model, kind).inc(count)
+        histogram = self.engine_batch_size.labels(model)
+        for size, count in stats.get("batch_sizes", {}).items():
+            for _ in range(int(count)):
+                histogram.observe(int(size))
+        self.engine_slots_in_use.labels(model).set(stats.get("slots_in_use", 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
