@@ -130,3 +130,23 @@ def test_batching_metrics_account_for_every_step(server: Server) -> None:
     assert after["multi"] > before["multi"]
     assert after["decode_s"] > before["decode_s"]
     assert after["waits"] - before["waits"] == 4
+
+
+def test_newcomers_preempt_a_decode_step_without_changing_any_output(server: Server) -> None:
+    long_prompt, shorts = "Monday, Tuesday, Wednesday,", PROMPTS[:4] * 3
+    solo_long = _complete(server, long_prompt, max_tokens=160)
+    solo = {p: _complete(server, p) for p in set(shorts)}
+    aborted = metric(server, "inferplane_engine_steps_total", model=LLM, phase="aborted")
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(_complete, server, long_prompt, 160)
+        time.sleep(0.3)  # the long stream is decoding
+        # Each newcomer may interrupt the running step (llama.cpp drops that step's KV
+        # cells and the step is redone after the newcomer's prefill).
+        shorts_out = [_complete(server, p) for p in shorts]
+        long_out = running.result()
+    deadline = time.monotonic() + 10
+    while metric(server, "inferplane_engine_steps_total", model=LLM, phase="aborted") == aborted:
+        assert time.monotonic() < deadline, "no step was ever preempted"
+        time.sleep(0.05)
+    assert long_out == solo_long
+    assert shorts_out == [solo[p] for p in shorts]

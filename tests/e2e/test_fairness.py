@@ -2,10 +2,12 @@
 
 Team A floods the default gemma deployment (8 sequence slots, continuously batched) with
 8 parallel long streams; team B sends one request at a time. A slot is reserved for
-other tenants and the fair queue serves the lighter team first, so B starts at once:
-its wait (time to first token) grows only by the cost of sharing decode steps (1.7x to
-3.4x B's idle figure, measured on the 2-core machine). Were B queued behind A (FIFO, or
-A holding every slot), it would wait for one of A's 200-token streams: about 20x.
+other tenants and the fair queue serves the lighter team first, so B starts at once; the
+worker interrupts the decode step under way (when in its first half) to prefill B's
+prompt in a step of its own. B's wait (time to first token) under the flood measured
+0.9x to 1.1x its idle figure on the 2-core machine (1.6x to 1.7x before preemption, when
+B waited for the rest of A's step). Were B queued behind A (FIFO, or A holding every
+slot), it would wait for one of A's 200-token streams: 20x or more.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _timed_completion(server: Server, key: str, max_tokens: int) -> tuple[float,
 
 def test_light_team_is_not_stuck_behind_a_flooding_team(server: Server) -> None:
     a, b = _team_key(server, "a"), _team_key(server, "b")
-    idle = [_timed_completion(server, b, 8)[0] for _ in range(7)]
+    idle = [_timed_completion(server, b, 8)[0] for _ in range(11)]
     a_durations: list[float] = []
     stop = threading.Event()
 
@@ -62,15 +64,12 @@ def test_light_team_is_not_stuck_behind_a_flooding_team(server: Server) -> None:
     while metric(server, "inferplane_queue_depth", model=LLM) < 8:  # A's 8 streams are in
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    waits = [_timed_completion(server, b, 8)[0] for _ in range(7)]
+    waits = [_timed_completion(server, b, 8)[0] for _ in range(11)]
     stop.set()
     for t in threads:
         t.join(timeout=120)
     print(
         f"B idle {statistics.median(idle):.3f} s, under A's flood {statistics.median(waits):.3f} s"
     )
-    # Measured 1.7x to 3.4x across runs on this noisy 2-core VM. Without the fair queue
-    # and the reserved slot B would wait for one of A's 200-token streams to end: about
-    # 20x. The bound sits between the two so that only the unfair case fails.
-    assert statistics.median(waits) <= 6 * statistics.median(idle)
+    assert statistics.median(waits) <= 2 * statistics.median(idle)
     assert len(a_durations) >= 8  # A kept getting the remaining capacity

@@ -75,6 +75,11 @@ class _Stats:
         if decoded:
             self.batch_sizes[decoded] += 1
 
+    def aborted(self, seconds: float) -> None:
+        entry = self.phases.setdefault("aborted", [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
     def report(self, slots_in_use: int) -> Message:
         return {
             "event": "stats",
@@ -124,8 +129,26 @@ class BatchedLlamaEngine(EngineBase):
         self._slots: dict[int, _Slot] = {}
         self._last_was_prefill = False
         self._stats = _Stats()
+        # Preemption: a decode step may be interrupted in its first half when a new
+        # request is waiting for a free slot. The new prompt is then prefilled at once
+        # in a step of its own (its first token comes after that one short step, not
+        # after the rest of a full batched step), and the interrupted step is redone.
+        # Cost: the interrupted part of one step per newcomer.
+        self._abortable_until = 0.0
+        self._may_preempt = True
+        self._last_decode_s = 0.0
+        self._abort_callback = L.ggml_abort_callback(self._should_abort)  # keep a ref
+        L.llama_set_abort_callback(self._ctx.ctx, self._abort_callback, None)
         if not spec.threads and self._threads_many > 1:
             self._threads_one = self._tune_lone_step()
+
+    def _should_abort(self, _data: Any) -> bool:
+        """llama.cpp asks this between graph nodes of a step (on the engine thread)."""
+        return (
+            time.perf_counter() < self._abortable_until
+            and len(self._slots) < self._parallel
+            and not self._waiting.empty()
+        )
 
     def _tune_lone_step(self) -> int:
         """The faster thread count for a one-token step: 1, or every core (best of 5)."""
@@ -267,6 +290,7 @@ class BatchedLlamaEngine(EngineBase):
         # split changes a sequence's arithmetic (logits off by up to ~0.9, measured),
         # which flips greedy outputs. One prompt plus decode tokens computes exactly what
         # the request computes alone.
+        filling: tuple[_Slot, int] | None = None  # the prompt chunk: (slot, tokens)
         for slot in self._slots.values():
             left = len(slot.prompt) - slot.prefilled
             if left <= 0:
@@ -275,9 +299,9 @@ class BatchedLlamaEngine(EngineBase):
             for i in range(room):
                 pos = slot.prefilled + i
                 add(slot.prompt[pos], pos, slot.seq_id, pos == len(slot.prompt) - 1)
-            slot.prefilled += room
-            if slot.prefilled == len(slot.prompt):
+            if slot.prefilled + room == len(slot.prompt):
                 outputs.append((slot, n - 1))
+            filling = (slot, room)
             break
         batch.n_tokens = n
         threads = self._threads_one if n == 1 else self._threads_many
@@ -285,9 +309,21 @@ class BatchedLlamaEngine(EngineBase):
             L.llama_set_n_threads(self._ctx.ctx, threads, threads)
             self._threads = threads
         started = time.perf_counter()
-        try:
-            self._ctx.decode(self._batch)
-        except RuntimeError as exc:
+        decoding = not prefill_only and any(s.next_token is not None for s, _ in outputs)
+        if decoding and self._may_preempt:
+            # A newcomer may interrupt this step in its first half (see _should_abort).
+            self._abortable_until = started + self._last_decode_s / 2
+        self._may_preempt = decoding  # never twice in a row: the batch keeps moving
+        code = L.llama_decode(self._ctx.ctx, batch)
+        self._abortable_until = 0.0
+        if code == 2:
+            # Interrupted for a newcomer; llama.cpp dropped this step's KV cells, so
+            # nothing advanced. The next step prefills the newcomer alone, then this
+            # step runs again.
+            self._stats.aborted(time.perf_counter() - started)
+            return
+        if code != 0:
+            exc = RuntimeError(f"llama_decode returned {code}")
             log.error("llama_decode failed: %s", exc)
             for slot in list(self._slots.values()):
                 self._send(
@@ -300,8 +336,13 @@ class BatchedLlamaEngine(EngineBase):
                 )
                 self._release(slot)
             return
+        took = time.perf_counter() - started
+        if filling is not None:
+            filling[0].prefilled += filling[1]
         decoded = sum(1 for slot, _ in outputs if slot.next_token is not None)
-        self._stats.step(time.perf_counter() - started, n - decoded, decoded, len(outputs))
+        if decoded and not prefill_only:
+            self._last_decode_s = took
+        self._stats.step(took, n - decoded, decoded, len(outputs))
         for slot, index in outputs:
             token = L.llama_sampler_sample(slot.sampler, self._ctx.ctx, index)
             self._on_token(slot, int(token))

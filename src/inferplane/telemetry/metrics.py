@@ -82,7 +82,7 @@ class Metrics:
         self.engine_steps = Counter(
             "inferplane_engine_steps_total",
             "Batched decode steps; phase is prefill (prompt tokens only), decode (generated "
-            "tokens only) or mixed.",
+            "tokens only), mixed, or aborted (interrupted for a newcomer, then redone).",
             ["model", "phase"],
             registry=r,
         )
