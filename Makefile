@@ -44,6 +44,8 @@ bench: install-dev
 	$(BIN)/python bench/llm_stream.py
 	$(BIN)/python bench/embeddings.py
 	$(BIN)/python bench/admission.py
+	$(BIN)/python bench/batching.py
+	$(BIN)/python bench/prefix_cache.py
 
 clean:
 	rm -rf $(VENV) .inferplane .pytest_cache .mypy_cache .ruff_cache

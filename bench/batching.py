@@ -4,11 +4,12 @@ and 16 concurrent streams, in one run, for
   (b) llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`), same GGUF,
   (c) the raw batched-decode limit: a loop over `llama_decode` with B sequences and no
       server at all.
-Each of N closed-loop clients streams ROUNDS distinct prompts back to back with greedy
-decoding of 0.5x to 1.5x `--tokens` tokens, as serving benchmarks with a fixed
+Each of N closed-loop clients streams distinct prompts back to back for SECONDS, with
+greedy decoding of 0.5x to 1.5x `--tokens` tokens, as serving benchmarks with a fixed
 concurrency do (vLLM's `--max-concurrency`): after the first wave, in which all N
-requests arrive at once, requests reach the server at staggered times. Time to first
-token is reported for both: the first wave, and the steady state after it.
+requests arrive at once, requests reach the server at staggered times. Throughput counts
+the tokens received within the window; time to first token is reported for the first
+wave and for the steady state after it.
 
     .venv/bin/python bench/batching.py [--tokens 96]
 """
@@ -38,50 +39,58 @@ from inferplane.engines.assets import provision  # noqa: E402
 from tests.e2e.server import free_port, running_server  # noqa: E402
 
 STREAMS = (1, 4, 8, 16)
-ROUNDS = 3
+SECONDS = 20.0
 
 
 def clients_run(
-    client: openai.OpenAI, model: str, streams: int, tokens: int, rounds: int = ROUNDS
+    client: openai.OpenAI, model: str, streams: int, tokens: int, seconds: float = SECONDS
 ) -> tuple[float, float, float]:
     """(aggregate completion tokens/s, median TTFT of the first wave, median TTFT of the
-    later requests) for `streams` closed-loop clients sending `rounds` requests each."""
+    later requests) for `streams` closed-loop clients sending requests for `seconds`."""
     first_wave: list[float] = []
     later: list[float] = []
     counts: list[int] = []
     lock = threading.Lock()
+    start = time.perf_counter()
+    deadline = start + seconds
 
     def one(i: int) -> None:
-        for r in range(rounds):
+        r, n = 0, 0
+        while time.perf_counter() < deadline:
             # Lengths vary (0.5x to 1.5x), as in any real mix, so the clients drift apart
             # after the first wave, the way requests reach a busy server.
             length = random.Random(i * 1000 + r).randint(tokens // 2, tokens * 3 // 2)
-            start = time.perf_counter()
-            first, n = None, 0
-            for chunk in client.completions.create(
+            sent = time.perf_counter()
+            first = None
+            with client.completions.create(
                 model=model,
                 prompt=f"{i + r}, {i + r + 1}, {i + r + 2},",
                 max_tokens=length,
                 temperature=0,
                 stream=True,
-            ):
-                if chunk.choices and chunk.choices[0].text:
-                    n += 1  # one streamed piece per token (no stop strings here)
-                    if first is None:
-                        first = time.perf_counter() - start
-            with lock:
-                (first_wave if r == 0 else later).append(first or 0.0)
-                counts.append(n)
+            ) as stream:
+                for chunk in stream:
+                    now = time.perf_counter()
+                    if now >= deadline:
+                        break  # tokens after the window do not count; the stream is closed
+                    if chunk.choices and chunk.choices[0].text:
+                        n += 1  # one streamed piece per token (no stop strings here)
+                        if first is None:
+                            first = now - sent
+            if first is not None:
+                with lock:
+                    (first_wave if r == 0 else later).append(first)
+            r += 1
+        with lock:
+            counts.append(n)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
     return (
-        sum(counts) / elapsed,
+        sum(counts) / seconds,
         statistics.median(first_wave),
         statistics.median(later) if later else statistics.median(first_wave),
     )
@@ -167,7 +176,7 @@ def llama_cpp_server(gguf: Path, tokens: int) -> dict[int, tuple[float, float, f
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600
         )
-        clients_run(client, str(gguf), 1, 8, rounds=1)  # warm-up
+        clients_run(client, str(gguf), 1, 8, seconds=2)  # warm-up
         out = {n: clients_run(client, str(gguf), n, tokens) for n in STREAMS}
         client.close()
         return out
@@ -185,14 +194,14 @@ def main() -> None:
         gguf = provision(load_settings(env={}).models[0], data).path
         with running_server(data) as server:
             client = server.client(timeout=600)
-            clients_run(client, "gemma-3-270m", 2, 8, rounds=1)  # warm-up
+            clients_run(client, "gemma-3-270m", 2, 8, seconds=2)  # warm-up
             ours = {n: clients_run(client, "gemma-3-270m", n, args.tokens) for n in STREAMS}
         theirs = llama_cpp_server(gguf, args.tokens)
         raw = {n: raw_limit(gguf, n, args.tokens) for n in STREAMS}
     print(f"machine: {describe()}")
     print(
-        f"gemma-3-270m Q4_K_M; each of N clients streams {ROUNDS} greedy completions back "
-        f"to back, {args.tokens // 2}-{args.tokens * 3 // 2} tokens each"
+        f"gemma-3-270m Q4_K_M; N clients stream greedy completions back to back for "
+        f"{SECONDS:.0f} s, {args.tokens // 2}-{args.tokens * 3 // 2} tokens each"
     )
     print("tokens/s; TTFT ms: median of the first wave (all N arrive at once) / the rest")
     print(f"  {'streams':>7}  {'inferplane':>26}  {'llama_cpp.server':>26}  {'raw batched':>11}")

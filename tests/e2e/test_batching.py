@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 from tests.e2e.server import Server, metric
 
@@ -150,3 +151,66 @@ def test_newcomers_preempt_a_decode_step_without_changing_any_output(server: Ser
         time.sleep(0.05)
     assert long_out == solo_long
     assert shorts_out == [solo[p] for p in shorts]
+
+
+def test_disconnected_streams_free_their_slots_at_once(server: Server) -> None:
+    generated = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="generated")
+    body = {"model": LLM, "prompt": "1, 2, 3,", "max_tokens": 1000, "stream": True}
+    with ExitStack() as streams:
+        for _ in range(8):
+            http = streams.enter_context(server.http())
+            resp = streams.enter_context(http.stream("POST", "/v1/completions", json=body))
+            lines = resp.iter_lines()
+            next(lines)  # streaming has begun
+            streams.callback(lines.close)
+        deadline = time.monotonic() + 30
+        while metric(server, "inferplane_engine_slots_in_use", model=LLM) < 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    closed = time.monotonic()  # every client went away
+    while metric(server, "inferplane_engine_slots_in_use", model=LLM) != 0:
+        assert time.monotonic() < closed + 5
+        time.sleep(0.05)
+    # The 8 streams stopped where their clients left, far short of 8 x 1000 tokens.
+    spent = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="generated")
+    assert spent - generated < 8 * 300
+    assert _complete(server, "1, 2, 3, 4,", max_tokens=4)  # and the model serves on
+
+
+def _org_key(server: Server, name: str) -> str:
+    with server.http() as admin:
+        org = admin.post("/admin/v1/orgs", json={"name": f"{name}-{time.time_ns()}"}).json()
+        team = admin.post("/admin/v1/teams", json={"name": name, "org_id": org["id"]}).json()
+        key = admin.post("/admin/v1/keys", json={"name": name, "team_id": team["id"]}).json()
+    return str(key["key"])
+
+
+def test_a_shared_system_prompt_is_reused_within_an_organisation_only(server: Server) -> None:
+    system = "You answer questions about the solar system briefly and accurately. " * 25
+
+    def ask(key: str, question: str) -> tuple[str, float]:
+        reused = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="reused")
+        resp = server.client(key=key).chat.completions.create(
+            model=LLM,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=12,
+            temperature=0,
+        )
+        deadline = time.monotonic() + 10  # the worker reports on going idle
+        while metric(server, "inferplane_engine_slots_in_use", model=LLM) != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        after = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="reused")
+        return resp.choices[0].message.content or "", after - reused
+
+    a, b = _org_key(server, "prefix-a"), _org_key(server, "prefix-b")
+    first, reused_first = ask(a, "How many planets are there?")
+    _, reused_again = ask(a, "Which planet is the largest?")
+    same, reused_same = ask(a, "How many planets are there?")
+    other_org, reused_other = ask(b, "How many planets are there?")
+    assert reused_first == 0
+    assert reused_again > 250  # the system prompt (about 280 tokens) was not prefilled again
+    assert reused_same > 250
+    assert same == first  # a reused prefix computes exactly what a fresh prefill does
+    assert reused_other == 0  # never another organisation's cache
+    assert other_org == first

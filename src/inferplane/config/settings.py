@@ -62,6 +62,10 @@ class ModelSpec(_Strict):
     reserved_slots: Annotated[int, Field(ge=0, le=64)] = 1
     # Prompt tokens prefilled per sequence per step while others decode.
     prefill_chunk: Annotated[int, Field(ge=8, le=8192)] = 128
+    # Batched engine: a free slot keeps its last prompt's KV cache, and a request from
+    # the same organisation whose prompt starts the same way (a shared system prompt)
+    # prefills only the rest.
+    prefix_cache: bool = True
     # Rate limits on the model as a whole, across every key and team.
     limits: Limits = Limits()
     # What a request costs (also settable with PUT /admin/v1/pricing/{model}).

@@ -47,6 +47,7 @@ class _Slot:
     stops: StopMatcher
     sampler: Any
     lstrip: bool
+    scope: str  # whose prompt this is: cached prefixes are reused only within a scope
     prefilled: int = 0  # prompt tokens already in the KV cache
     next_token: int | None = None  # sampled, to be fed at the next step
     generated: int = 0
@@ -91,6 +92,14 @@ class _Stats:
 
 
 _REPORT_EVERY_S = 0.5
+# Shorter shared prefixes are recomputed: cheap, and the slot stays free for a longer one.
+_MIN_REUSE = 16
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two prompts share."""
+    pairs = enumerate(zip(a, b, strict=False))
+    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
 
 
 class BatchedLlamaEngine(EngineBase):
@@ -127,6 +136,12 @@ class BatchedLlamaEngine(EngineBase):
         self._capacity = params.n_batch
         self._vocab = self._model.vocab
         self._slots: dict[int, _Slot] = {}
+        # Prefix reuse: a free sequence slot keeps the KV cells of its last prompt, with
+        # that prompt's scope; a new request takes the free slot sharing the longest
+        # prefix with its own prompt, within its scope, and prefills only the rest.
+        self._prefix_cache = spec.prefix_cache
+        self._cached: dict[int, tuple[str, list[int]]] = {}  # free seq -> (scope, tokens)
+        self._freed_at: dict[int, float] = {}  # free seq -> when; the oldest goes first
         self._last_was_prefill = False
         self._stats = _Stats()
         # Preemption: a decode step may be interrupted in its first half when a new
@@ -214,7 +229,11 @@ class BatchedLlamaEngine(EngineBase):
                     }
                 )
                 continue
-            seq_id = free.pop(0)
+            scope = str(msg.get("scope", ""))
+            seq_id, reuse = self._pick_slot(free, scope, tokens)
+            free.remove(seq_id)
+            self._cached.pop(seq_id, None)
+            self._L.llama_memory_seq_rm(self._ctx.memory, seq_id, reuse, -1)
             self._slots[seq_id] = _Slot(
                 seq_id=seq_id,
                 request_id=rid,
@@ -223,8 +242,28 @@ class BatchedLlamaEngine(EngineBase):
                 stops=StopMatcher(list(msg.get("stop") or [])),
                 sampler=self._sampler(msg),
                 lstrip=bool(msg.get("lstrip")),
+                scope=scope,
+                prefilled=reuse,
             )
+            self._stats.tokens["reused"] += reuse
             self._send({"id": rid, "event": "start", "prompt_tokens": len(tokens)})
+
+    def _pick_slot(self, free: list[int], scope: str, tokens: list[int]) -> tuple[int, int]:
+        """(free sequence slot, prompt tokens already in its KV cache) for a prompt."""
+        best, best_len = None, 0
+        if self._prefix_cache:
+            for seq in free:
+                cached_scope, cached = self._cached.get(seq, ("", []))
+                if cached_scope != scope:
+                    continue
+                same = _shared_prefix(cached, tokens)
+                if same > best_len:
+                    best, best_len = seq, same
+        if best is None or best_len < _MIN_REUSE:
+            # No prefix worth reusing: take the slot whose cache has gone unused longest.
+            return min(free, key=lambda seq: self._freed_at.get(seq, 0.0)), 0
+        # At least the prompt's last token is fed again: its logits give the first token.
+        return best, min(best_len, len(tokens) - 1)
 
     def _sampler(self, msg: Message) -> Any:
         L = self._L
@@ -334,7 +373,7 @@ class BatchedLlamaEngine(EngineBase):
                         "message": str(exc),
                     }
                 )
-                self._release(slot)
+                self._release(slot, keep=False)
             return
         took = time.perf_counter() - started
         if filling is not None:
@@ -383,8 +422,14 @@ class BatchedLlamaEngine(EngineBase):
         )
         self._release(slot)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: _Slot, *, keep: bool = True) -> None:
         L = self._L
-        L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, -1, -1)
+        if keep and self._prefix_cache and slot.prefilled:
+            # Keep the prompt's cells (drop the generated ones) for a later request.
+            L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, slot.prefilled, -1)
+            self._cached[slot.seq_id] = (slot.scope, slot.prompt[: slot.prefilled])
+        else:
+            L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, -1, -1)
+        self._freed_at[slot.seq_id] = time.monotonic()
         L.llama_sampler_free(slot.sampler)
         del self._slots[slot.seq_id]

@@ -110,7 +110,12 @@ class InferenceService:
     ) -> AsyncIterator[GenerationEvent]:
         ttft = self._metrics.time_to_first_token.labels(model.id)
         itl = self._metrics.inter_token_latency.labels(model.id)
-        payload = {"op": "generate", **prompt.worker_payload(), **sampling}
+        payload = {
+            "op": "generate",
+            **prompt.worker_payload(),
+            **sampling,
+            "scope": ctx.principal.org_scope,
+        }
         cost = len(prompt.tokens) + prompt.max_tokens
         async with _slot(ctx, model, cost):
             async for event in self._stream(ctx, model, payload, ttft, itl):

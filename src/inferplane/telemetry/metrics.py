@@ -94,7 +94,8 @@ class Metrics:
         )
         self.engine_tokens = Counter(
             "inferplane_engine_tokens_total",
-            "Tokens through the model's batched steps: prompt (prefilled) or generated.",
+            "Tokens through the model's batched steps: prompt (prefilled), reused (prompt "
+            "tokens found in a slot's prefix cache, not prefilled again) or generated.",
             ["model", "kind"],
             registry=r,
         )

@@ -46,6 +46,12 @@ class Principal:
         return self.key.id
 
     @property
+    def org_scope(self) -> str:
+        """The tenant boundary for shared state (prompt caches): the key's organisation,
+        or the key itself when it belongs to no team."""
+        return f"org:{self.team.org_id}" if self.team else f"key:{self.key.id}"
+
+    @property
     def is_admin(self) -> bool:
         return self.key.role == "admin"
 
