@@ -138,13 +138,18 @@ def test_newcomers_preempt_a_decode_step_without_changing_any_output(server: Ser
     solo_long = _complete(server, long_prompt, max_tokens=160)
     solo = {p: _complete(server, p) for p in set(shorts)}
     aborted = metric(server, "inferplane_engine_steps_total", model=LLM, phase="aborted")
-    with ThreadPoolExecutor(1) as pool:
+    lighthouse = "The history of the lighthouse keepers of the northern coast. " * 60
+    with ThreadPoolExecutor(2) as pool:
         running = pool.submit(_complete, server, long_prompt, 160)
         time.sleep(0.3)  # the long stream is decoding
+        # A long prompt is prefilled in chunks alongside: steps holding a chunk are
+        # never interrupted (llama.cpp could not roll them back whole).
+        chunked = pool.submit(_complete, server, lighthouse, 4)
         # Each newcomer may interrupt the running step (llama.cpp drops that step's KV
         # cells and the step is redone after the newcomer's prefill).
         shorts_out = [_complete(server, p) for p in shorts]
         long_out = running.result()
+        assert chunked.result()
     deadline = time.monotonic() + 10
     while metric(server, "inferplane_engine_steps_total", model=LLM, phase="aborted") == aborted:
         assert time.monotonic() < deadline, "no step was ever preempted"
