@@ -89,6 +89,9 @@ def clients_run(
         t.start()
     for t in threads:
         t.join()
+    # A server that keeps generating for a dropped stream would charge that work to the
+    # next measurement: wait until a one-token request gets through.
+    client.completions.create(model=model, prompt="1", max_tokens=1)
     return (
         sum(counts) / seconds,
         statistics.median(first_wave),
@@ -158,6 +161,10 @@ def llama_cpp_server(gguf: Path, tokens: int) -> dict[int, tuple[float, float, f
             str(port),
             "--n_ctx",
             "2048",
+            # Its default (true) cuts a running stream short whenever another request
+            # arrives; off, it serves requests one after another, its best case.
+            "--interrupt_requests",
+            "false",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
