@@ -9,7 +9,8 @@ Gateway -> worker (`op`):
 
 Worker -> gateway (`event`):
     {"event": "hello", "info": {...}}                sent once, when the model is loaded
-    {"id": N, "event": "start", "prompt_tokens": P}  prompt accepted, generation begins
+    {"id": N, "event": "start", "prompt_tokens": P, "slot": S}
+                                                     prompt accepted into sequence slot S
     {"id": N, "event": "token", "text": "...", "n": G}  generated text; G tokens so far
     {"id": N, "event": "done", "finish_reason", "prompt_tokens", "completion_tokens"}
     {"id": N, "event": "embeddings", "data": base64 float32, "dim": D}

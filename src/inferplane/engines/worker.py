@@ -68,10 +68,6 @@ class Engine(Protocol):
 
 
 def _build_engine(spec: ModelSpec, path: Path) -> Engine:
-    if spec.engine == "llamacpp" and spec.parallel > 1:
-        from inferplane.engines.llamacpp_batched import BatchedLlamaEngine
-
-        return BatchedLlamaEngine(spec, path)
     if spec.engine == "llamacpp":
         from inferplane.engines.llamacpp import LlamaCppEngine
 
