@@ -5,12 +5,16 @@
     │   └── ContextLengthExceeded        400 code=context_length_exceeded
     ├── AuthenticationFailed             401 invalid_api_key
     ├── PermissionDenied                 403 permission_denied
-    │   └── ModelNotAllowed              403 model_not_allowed
+    │   ├── ModelNotAllowed              403 model_not_allowed
+    │   └── NoDeployment                 403 no_eligible_deployment (policy rules left none)
     ├── NotFound                         404 (model_not_found, key_not_found, ...)
     ├── PayloadTooLarge                  413 payload_too_large
     ├── Overloaded                       429 queue_full (carries retry_after, queued, max_queued)
     ├── RateLimited                      429 rate_limit_exceeded (carries x-ratelimit-* numbers)
-    └── Unavailable                      503 (worker crashed / not ready; carries retry_after)
+    ├── Unavailable                      503 (worker crashed / not ready; carries retry_after)
+    └── UpstreamError                    502 upstream_error (a remote deployment failed;
+                                             carries why, whether another try may help,
+                                             and the upstream's Retry-After)
 
 Each class carries the data of its case; `status`, `type` and `code` map it to HTTP and to
 OpenAI's error envelope in one place (`api.errors`). Third-party errors are translated at
@@ -87,6 +91,16 @@ class ModelNotAllowed(PermissionDenied):
     def __init__(self, model: str):
         super().__init__(f"This API key may not use the model '{model}'.", param="model")
         self.model = model
+
+
+class NoDeployment(PermissionDenied):
+    code = "no_eligible_deployment"
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"No deployment of the model '{model}' may serve this request under the "
+            "routing policy (data class, region or context size)."
+        )
 
 
 class NotFound(InferplaneError):
@@ -179,3 +193,36 @@ class RateLimited(InferplaneError):
     @property
     def headers(self) -> dict[str, str]:
         return {**self.ratelimit_headers, "Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class UpstreamError(InferplaneError):
+    """A remote deployment failed an attempt. `reason` says how: server_error, timeout,
+    connection, rate_limited, context_length, content_filter, invalid (the request itself
+    was refused: no other deployment would do better), or stream (broken mid-stream)."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.reason = reason
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same or another deployment may succeed."""
+        return self.reason != "invalid"
+
+    @property
+    def same_deployment_may_succeed(self) -> bool:
+        """False where only another deployment can help (too long, filtered)."""
+        return self.reason not in ("invalid", "context_length", "content_filter")

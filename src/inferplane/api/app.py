@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from inferplane import __version__
 from inferplane.api import health
+from inferplane.api.admin import deployments as admin_deployments
 from inferplane.api.admin import keys as admin_keys
 from inferplane.api.admin import orgs as admin_orgs
 from inferplane.api.admin import usage as admin_usage
@@ -42,6 +43,7 @@ from inferplane.limits.redis_budgets import RedisBudgets
 from inferplane.limits.redis_limiter import RedisLimiter
 from inferplane.pipeline.admission import Admitter
 from inferplane.pipeline.service import InferenceService
+from inferplane.routing.build import build_router
 from inferplane.store.database import open_database, sqlite_url
 from inferplane.store.notices import ChangeNotices
 from inferplane.telemetry.alerts import BudgetAlerts
@@ -65,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             services.accepting = False
             await services.supervisor.stop()
+            await services.inference.router.aclose()
             await services.ledger.close()  # flush every record of an answered request
             if services.notices is not None:
                 await services.notices.stop()
@@ -79,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
         completion_router,
         embedding_router,
         models_router,
+        admin_deployments.router,
         admin_keys.router,
         admin_orgs.router,
         admin_usage.router,
@@ -104,9 +108,11 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         _announce_admin_key(generated)
     prices = PriceBook(engine)
     await asyncio.to_thread(prices.load)
-    for spec in settings.models:
-        if spec.pricing is not None:
-            await asyncio.to_thread(prices.set, spec.id, spec.pricing)
+    priced = [(m.id, m.pricing) for m in settings.models]
+    priced += [(a.id, a.pricing) for a in settings.aliases]
+    for model_id, price in priced:
+        if price is not None:
+            await asyncio.to_thread(prices.set, model_id, price)
     ledger = UsageLedger(engine, settings.data_dir / "ledger")
     await ledger.start()  # replays a crash's journal first, so budgets see all spend
     await asyncio.to_thread(tenancy.reload)
@@ -139,6 +145,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         worker = supervisor.add(spec, asset)
         models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker, metrics)
     await supervisor.start()
+    router = build_router(settings, models, metrics)
     return Services(
         settings=settings,
         metrics=metrics,
@@ -147,7 +154,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         prices=prices,
         ledger=ledger,
         inference=InferenceService(
-            models, Admitter(limiter, shared_budgets, prices, ledger), ledger, metrics
+            models, router, Admitter(limiter, shared_budgets, prices, ledger), ledger, metrics
         ),
         notices=notices,
         redis=client,

@@ -55,6 +55,9 @@ class GatewayMiddleware:
                     (b"x-inferplane-model-version", version.encode()),
                     (b"x-inferplane-deployment", deployment.encode()),
                 ]
+                if "attempts" in state:
+                    attempts = str(state["attempts"]).encode()
+                    message["headers"].append((b"x-inferplane-attempts", attempts))
                 limits: dict[str, str] = state.get("ratelimit_headers") or {}
                 message["headers"] += [(k.encode(), v.encode()) for k, v in limits.items()]
             await send(message)

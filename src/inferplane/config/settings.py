@@ -21,9 +21,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from inferplane.config.defaults import DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE, default_models
+from inferplane.config.routes import AliasSpec, Routing
 from inferplane.limits.policy import Limits
 from inferplane.limits.pricing import Price
 
@@ -39,8 +48,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Strict):
-    """One locally served model: which engine runs it, where its weights are, how to run it."""
+class ModelSpec(Routing):
+    """One locally served model: which engine runs it, where its weights are, how to run it.
+
+    Also a deployment of an alias (then `listed` is false: callers reach it through the
+    alias only), with the routing attributes of `Routing`.
+    """
 
     id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
     engine: EngineKind
@@ -75,6 +88,8 @@ class ModelSpec(_Strict):
     # Dynamic batching of the embedding worker.
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 2.0
+    # Callers may name this model directly (false: only through an alias's deployments).
+    listed: bool = True
 
     @property
     def slots(self) -> int:
@@ -122,18 +137,46 @@ class ServerSettings(_Strict):
     alert_webhook_url: str | None = None
 
 
+_UNION_TAGS = frozenset({"model", "alias", "local", "remote"})
+
+
+def _entry_kind(value: Any) -> str:
+    has = "deployments" in value if isinstance(value, dict) else hasattr(value, "deployments")
+    return "alias" if has else "model"
+
+
+def _check_names(models: list[ModelSpec], aliases: list[AliasSpec]) -> None:
+    """Model ids, alias ids and deployment names are one namespace; fallbacks resolve."""
+    names = [m.id for m in models] + [a.id for a in aliases]
+    names += [d.name for a in aliases for d in a.remotes()]
+    names += [str(d["id"]) for a in aliases for d in a.local_specs()]
+    dupes = sorted({i for i in names if names.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate model ids or deployment names: {', '.join(dupes)}")
+    public = {m.id for m in models} | {a.id for a in aliases}
+    for alias in aliases:
+        unknown = [f for f in alias.fallbacks if f not in public]
+        if unknown:
+            raise ValueError(f"alias '{alias.id}' falls back to unknown models: {unknown}")
+
+
 class FileConfig(_Strict):
     """The YAML file's shape."""
 
     server: ServerSettings = ServerSettings()
-    models: list[ModelSpec] = Field(min_length=1)
+    models: list[
+        Annotated[
+            Annotated[ModelSpec, Tag("model")] | Annotated[AliasSpec, Tag("alias")],
+            Discriminator(_entry_kind),
+        ]
+    ] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> FileConfig:
-        ids = [m.id for m in self.models]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate model ids: {', '.join(dupes)}")
+        _check_names(
+            [m for m in self.models if isinstance(m, ModelSpec)],
+            [m for m in self.models if isinstance(m, AliasSpec)],
+        )
         return self
 
 
@@ -143,13 +186,22 @@ class Settings(_Strict):
     database_url: str | None = None
     redis_url: str | None = None
     server: ServerSettings = ServerSettings()
+    # Every local worker: plain local models and the local deployments of aliases.
     models: list[ModelSpec]
+    aliases: list[AliasSpec] = Field(default_factory=list)
 
 
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = err["loc"]
+        # A list item's union tag (models.0.alias.deployments...) is not a key: drop it.
+        parts = [
+            p
+            for i, p in enumerate(loc)
+            if not (p in _UNION_TAGS and i and isinstance(loc[i - 1], int))
+        ]
+        where = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)
 
@@ -182,15 +234,22 @@ def load_settings(
     if port is not None:
         server["port"] = port
     try:
+        entries = file_cfg.get("models") or default_models()
+        aliases = [AliasSpec.model_validate(e) for e in entries if "deployments" in e]
+        models = [ModelSpec.model_validate(e) for e in entries if "deployments" not in e]
+        models += [
+            ModelSpec.model_validate({**spec, "listed": False})
+            for alias in aliases
+            for spec in alias.local_specs()
+        ]
         return Settings(
             data_dir=Path(env.get("INFERPLANE_DATA_DIR") or "./.inferplane").absolute(),
             admin_key=env.get("INFERPLANE_ADMIN_KEY") or None,
             database_url=env.get("INFERPLANE_DATABASE_URL") or None,
             redis_url=env.get("INFERPLANE_REDIS_URL") or None,
             server=ServerSettings.model_validate(server),
-            models=[
-                ModelSpec.model_validate(m) for m in (file_cfg.get("models") or default_models())
-            ],
+            models=models,
+            aliases=aliases,
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid settings:\n{_describe(exc)}") from exc

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inferplane.engines.local import LocalModel
 from inferplane.errors import Unavailable
 from inferplane.limits.budgets import Budgets, BudgetScope, Spend
 from inferplane.limits.memory import Hold, Limiter, Scope
+from inferplane.limits.policy import Limits
 from inferplane.limits.pricing import PriceBook, PriceVersion
 from inferplane.pipeline.context import RequestContext
 from inferplane.telemetry.ledger import UsageLedger
@@ -35,11 +35,11 @@ class Admission:
             self.budget.settle(cost_nusd)
 
 
-def rate_scopes(principal: Principal, model: LocalModel) -> list[Scope]:
+def rate_scopes(principal: Principal, model: str, model_limits: Limits) -> list[Scope]:
     candidates = [Scope(f"key:{principal.key.id}", principal.key.limits)]
     if principal.team is not None:
         candidates.append(Scope(f"team:{principal.team.id}", principal.team.limits))
-    candidates.append(Scope(f"model:{model.id}", model.spec.limits))
+    candidates.append(Scope(f"model:{model}", model_limits))
     return [s for s in candidates if not s.limits.empty]
 
 
@@ -69,7 +69,7 @@ class Admitter:
     async def admit(
         self,
         ctx: RequestContext,
-        model: LocalModel,
+        model: str,
         scopes: list[Scope],
         prompt_tokens: int,
         max_completion_tokens: int,
@@ -80,7 +80,7 @@ class Admitter:
                 retry_after=30,
                 code="ledger_unavailable",
             )
-        price = self._prices.get(model.id)
+        price = self._prices.get(model)
         worst = price.cost_nusd(prompt_tokens, max_completion_tokens) if price else 0
         budgeted = budget_scopes(ctx.principal)
         hold = await self._budgets.acquire(budgeted, worst) if budgeted else None

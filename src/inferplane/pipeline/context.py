@@ -23,3 +23,7 @@ class RequestContext:
     ledger_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # x-ratelimit-* headers of the admission, for the response.
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    # Set by routing once an attempt delivers: where and what served the request.
+    deployment: str | None = None
+    model_version: str | None = None
+    attempts: int = 0

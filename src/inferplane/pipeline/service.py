@@ -24,10 +24,14 @@ from inferplane.errors import (
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
+    NoDeployment,
 )
 from inferplane.pipeline.admission import Admission, Admitter, rate_scopes
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
+from inferplane.routing.deployments import Alias, Deployment
+from inferplane.routing.router import Attempts, Router, attempts
+from inferplane.routing.strategies import RouteRequest
 from inferplane.telemetry.ledger import UsageLedger, UsageRecord, now_iso
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.records import Principal
@@ -43,56 +47,140 @@ class InferenceService:
     def __init__(
         self,
         models: dict[str, LocalModel],
+        router: Router,
         admitter: Admitter,
         ledger: UsageLedger,
         metrics: Metrics,
     ):
         self.models = models
+        self.router = router
         self._admitter = admitter
         self._ledger = ledger
         self._metrics = metrics
 
-    def visible_models(self, principal: Principal) -> list[LocalModel]:
-        return [m for m in self.models.values() if principal.may_use(m.id)]
+    def visible_models(self, principal: Principal) -> list[LocalModel | Alias]:
+        listed: list[LocalModel | Alias] = [m for m in self.models.values() if m.spec.listed]
+        listed += [a for a in self.router.aliases.values() if a.id not in self.models]
+        return [m for m in listed if principal.may_use(m.id)]
 
     def resolve(self, principal: Principal, model: str, kind: str | None = None) -> LocalModel:
+        """A local model named directly (embeddings; generation goes through `route`)."""
         local = self.models.get(model)
-        if local is None:
+        if local is None or not local.spec.listed:
             raise ModelNotFound(model)
         if not principal.may_use(model):
             raise ModelNotAllowed(model)
         if kind is not None and local.kind != kind:
-            action = "text generation" if kind == "llm" else "embeddings"
-            raise InvalidRequest(
-                f"The model '{model}' does not support {action}.",
-                param="model",
-                code="model_not_supported",
-            )
+            raise _unsupported(model, kind)
         return local
+
+    def route(self, principal: Principal, model: str) -> Alias:
+        """The alias a generation request names (a local LLM is a one-deployment alias)."""
+        alias = self.router.get(model)
+        if alias is None:
+            local = self.models.get(model)
+            if local is not None and local.spec.listed:
+                raise _unsupported(model, "llm")
+            raise ModelNotFound(model)
+        if not principal.may_use(model):
+            raise ModelNotAllowed(model)
+        return alias
 
     # -- generation ---------------------------------------------------------------------
 
     async def generate(
         self,
         ctx: RequestContext,
-        model: LocalModel,
+        alias: Alias,
         prompt_input: dict[str, Any],
         size_hint: int,
         sampling: dict[str, Any],
+        *,
+        stream: bool = False,
+        route: RouteRequest | None = None,
     ) -> AsyncIterator[GenerationEvent]:
         """Run one generation; the first event is always `Started` (or an error is raised)."""
-        scopes = rate_scopes(ctx.principal, model)
+        scopes = rate_scopes(ctx.principal, alias.id, alias.limits)
         caps = [s.limits.max_tokens for s in scopes if s.limits.max_tokens is not None]
-        prompt = await self._prepare(model, size_hint, cap=min(caps, default=None), **prompt_input)
-        n_prompt = len(prompt.tokens)
-        admission = await self._admitter.admit(ctx, model, scopes, n_prompt, prompt.max_tokens)
-        with self._accounted(ctx, model, admission, _Tally(n_prompt)) as tally:
-            async for event in self._invoke(ctx, model, prompt, sampling):
-                if isinstance(event, TextDelta):
-                    tally.completion = event.tokens_so_far
-                elif isinstance(event, Finished):
-                    tally.completion, tally.status = event.completion_tokens, 200
-                yield event
+        cap = min(caps, default=None)
+        prepared: dict[str, PreparedPrompt] = {}
+        local = alias.local_llm
+        if local is not None:
+            # The first local deployment's tokenizer counts the prompt for admission.
+            try:
+                prompt = await self._prepare(local, size_hint, cap=cap, **prompt_input)
+            except ContextLengthExceeded as exc:
+                if len(alias.deployments) == 1 and not alias.fallbacks:
+                    raise
+                n_prompt, max_tokens = exc.prompt_tokens, alias.default_max_tokens
+            else:
+                prepared[local.id] = prompt
+                n_prompt, max_tokens = len(prompt.tokens), prompt.max_tokens
+        else:
+            n_prompt = _estimate_tokens(prompt_input)
+            prompt_input = _capped(prompt_input, cap)
+            max_tokens = prompt_input.get("max_tokens") or alias.default_max_tokens
+        route = RouteRequest(
+            data_class=route.data_class if route else None,
+            region=route.region if route else None,
+            prompt_tokens=n_prompt,
+        )
+        plan = self.router.plan(alias, route)
+        if not plan:
+            raise NoDeployment(alias.id)
+        admission = await self._admitter.admit(ctx, alias.id, scopes, n_prompt, max_tokens)
+
+        def run(owner: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
+            if dep.local is not None:
+                return self._run_local(
+                    ctx, dep.local, prepared, size_hint, cap, prompt_input, sampling
+                )
+            assert dep.remote is not None
+            return dep.remote.generate(
+                ctx.endpoint,
+                _capped(prompt_input, cap),
+                sampling,
+                stream=stream,
+                prompt_estimate=n_prompt,
+            )
+
+        state = Attempts()
+        with self._accounted(ctx, alias.id, admission, _Tally(n_prompt)) as tally:
+            try:
+                async for event in attempts(alias, plan, run, state, on_attempt=self._on_attempt):
+                    ctx.attempts = state.count
+                    if state.served_by is not None and ctx.deployment is None:
+                        served = state.served_by[1]
+                        ctx.deployment, ctx.model_version = served.name, served.version
+                    if isinstance(event, TextDelta):
+                        tally.completion = event.tokens_so_far
+                    elif isinstance(event, Finished):
+                        tally.prompt = event.prompt_tokens
+                        tally.completion, tally.status = event.completion_tokens, 200
+                        self._meter(alias.id, event.prompt_tokens, event.completion_tokens)
+                    yield event
+            finally:
+                ctx.attempts = state.count
+
+    def _on_attempt(self, alias: Alias, dep: Deployment, outcome: str) -> None:
+        self._metrics.route_attempts.labels(alias.id, dep.name, outcome).inc()
+
+    async def _run_local(
+        self,
+        ctx: RequestContext,
+        model: LocalModel,
+        prepared: dict[str, PreparedPrompt],
+        size_hint: int,
+        cap: int | None,
+        prompt_input: dict[str, Any],
+        sampling: dict[str, Any],
+    ) -> AsyncIterator[GenerationEvent]:
+        prompt = prepared.get(model.id)
+        if prompt is None:
+            prompt = await self._prepare(model, size_hint, cap=cap, **prompt_input)
+            prepared[model.id] = prompt
+        async for event in self._invoke(ctx, model, prompt, sampling):
+            yield event
 
     async def _prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
         """Template + tokenize + context check, with the model's own tokenizer."""
@@ -143,7 +231,6 @@ class InferenceService:
                 done = Finished(
                     msg["finish_reason"], int(msg["prompt_tokens"]), int(msg["completion_tokens"])
                 )
-                self._meter(model.id, done.prompt_tokens, done.completion_tokens)
                 yield done
             elif event == "error":
                 raise _worker_error(msg)
@@ -157,9 +244,10 @@ class InferenceService:
             tokens = counter.count(inputs)
         else:
             tokens = await asyncio.to_thread(counter.count, inputs)
-        scopes = rate_scopes(ctx.principal, model)
-        admission = await self._admitter.admit(ctx, model, scopes, sum(tokens), 0)
-        with self._accounted(ctx, model, admission, _Tally(sum(tokens))) as tally:
+        scopes = rate_scopes(ctx.principal, model.id, model.spec.limits)
+        admission = await self._admitter.admit(ctx, model.id, scopes, sum(tokens), 0)
+        ctx.deployment, ctx.model_version, ctx.attempts = model.deployment, model.version, 1
+        with self._accounted(ctx, model.id, admission, _Tally(sum(tokens))) as tally:
             async with _slot(ctx, model, sum(tokens)):
                 client = await model.worker.client()
                 async for msg in client.stream({"op": "embed", "input": inputs}):
@@ -174,7 +262,7 @@ class InferenceService:
 
     @contextmanager
     def _accounted(
-        self, ctx: RequestContext, model: LocalModel, admission: Admission, tally: _Tally
+        self, ctx: RequestContext, model: str, admission: Admission, tally: _Tally
     ) -> Iterator[_Tally]:
         """However the request ends (served, failed, abandoned), charge what it used."""
         try:
@@ -191,7 +279,7 @@ class InferenceService:
     def _finish(
         self,
         ctx: RequestContext,
-        model: LocalModel,
+        model: str,
         admission: Admission,
         prompt: int,
         completion: int,
@@ -213,9 +301,9 @@ class InferenceService:
                 key_id=ctx.principal.key.id,
                 user=ctx.user,
                 endpoint=ctx.endpoint,
-                model=model.id,
-                deployment=model.deployment,
-                model_version=model.version,
+                model=model,
+                deployment=ctx.deployment or "none",
+                model_version=ctx.model_version or "none",
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 cost_nusd=cost,
@@ -250,6 +338,39 @@ def _slot(ctx: RequestContext, model: LocalModel, cost: int) -> AbstractAsyncCon
         batch=principal.key.priority == "batch",
         deadline=ctx.deadline,
     )
+
+
+def _unsupported(model: str, kind: str) -> InvalidRequest:
+    action = "text generation" if kind == "llm" else "embeddings"
+    return InvalidRequest(
+        f"The model '{model}' does not support {action}.",
+        param="model",
+        code="model_not_supported",
+    )
+
+
+def _estimate_tokens(prompt_input: dict[str, Any]) -> int:
+    """Prompt tokens for admission when no local tokenizer applies: ~4 bytes a token
+    plus a few per chat message; the upstream's reported usage settles the real count."""
+    if "messages" in prompt_input:
+        msgs = prompt_input["messages"]
+        return sum(len(str(m.get("content") or "").encode()) // 4 + 4 for m in msgs) + 2
+    return len(str(prompt_input.get("prompt") or "").encode()) // 4 + 1
+
+
+def _capped(prompt_input: dict[str, Any], cap: int | None) -> dict[str, Any]:
+    """The caller's max_tokens within the key's per-request cap (a remote deployment
+    is told the cap when the caller asked for nothing)."""
+    asked = prompt_input.get("max_tokens")
+    if cap is None:
+        return prompt_input
+    if asked is not None and asked > cap:
+        raise InvalidRequest(
+            f"max_tokens is {asked}, above this key's limit of {cap} per request.",
+            param="max_tokens",
+            code="max_tokens_exceeded",
+        )
+    return {**prompt_input, "max_tokens": asked or cap}
 
 
 def _worker_error(msg: Message) -> InferplaneError:

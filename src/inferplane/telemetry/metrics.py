@@ -112,6 +112,25 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.route_attempts = Counter(
+            "inferplane_route_attempts_total",
+            "Attempts at a deployment, by outcome: success, retry (failed before the first "
+            "token; the request moved on) or failure (the request failed with it).",
+            ["model", "deployment", "outcome"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "inferplane_breaker_transitions_total",
+            "Circuit breaker state changes of a deployment.",
+            ["deployment", "to"],
+            registry=r,
+        )
+        self.deployment_healthy = Gauge(
+            "inferplane_deployment_healthy",
+            "1 while a deployment's breaker lets requests through, else 0.",
+            ["deployment"],
+            registry=r,
+        )
 
     def worker_stats(self, model: str, stats: dict[str, Any]) -> None:
         """Fold one stats report of a batching worker (deltas since its last report)."""

@@ -47,6 +47,45 @@ def test_file_with_a_gguf_path(tmp_path: Path) -> None:
     )
 
 
+_REMOTE = """
+models:
+  - id: chat
+    strategy: weighted
+    fallbacks: []
+    deployments:
+      - name: local-g
+        engine: llamacpp
+        bundled: gemma3-270m-q4-k-m
+        tags: [private]
+        weight: 90
+      - name: up
+        engine: openai_compatible
+        base_url: http://127.0.0.1:9/v1
+        model: served
+        api_key_env: UP_KEY
+        tags: [external]
+        region: eu-west
+        weight: 10
+        price: {input_per_million: 0.2, output_per_million: 0.6}
+"""
+
+
+def test_an_alias_with_local_and_remote_deployments(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, _REMOTE), env={})
+    (alias,) = settings.aliases
+    assert (alias.id, alias.strategy, alias.max_attempts) == ("chat", "weighted", 4)
+    (remote,) = alias.remotes()
+    assert (remote.name, remote.model, remote.weight, remote.region) == (
+        "up",
+        "served",
+        10.0,
+        "eu-west",
+    )
+    # The local deployment is a worker of its own, reachable only through the alias.
+    (local,) = settings.models
+    assert (local.id, local.listed, local.tags, local.weight) == ("local-g", False, ["private"], 90)
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
@@ -61,12 +100,18 @@ def test_file_with_a_gguf_path(tmp_path: Path) -> None:
         (
             "models:\n  - {id: a, engine: llamacpp, bundled: gemma3-270m-q4-k-m}\n"
             "  - {id: a, engine: llamacpp, bundled: gemma3-270m-q4-k-m}\n",
-            "duplicate model ids: a",
+            "duplicate model ids or deployment names: a",
         ),
         (
             "models:\n  - {id: a, engine: sentence_transformers, bundled: gemma3-270m-q4-k-m}\n",
             "runs on engine 'llamacpp'",
         ),
+        (_REMOTE.replace("base_url: http://127.0.0.1:9/v1", "base_url: ftp://x"), "base_url"),
+        (_REMOTE.replace("fallbacks: []", "fallbacks: [nope]"), "unknown models: ['nope']"),
+        (_REMOTE.replace("name: up", "name: local-g"), "duplicate"),
+        (_REMOTE.replace("strategy: weighted", "strategy: fastest"), "strategy"),
+        (_REMOTE.replace("model: served", "modle: served"), "deployments.1.modle"),
+        (_REMOTE.replace("api_key_env: UP_KEY", "api_key_env: 'not a name'"), "api_key_env"),
     ],
 )
 def test_invalid_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:

@@ -11,12 +11,12 @@ import orjson
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from inferplane.api.openai.common import mark_served, queue_deadline, usage
+from inferplane.api.openai.common import queue_deadline, usage
 from inferplane.api.services import services
-from inferplane.engines.local import LocalModel
 from inferplane.errors import InferplaneError
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.routing.strategies import RouteRequest
 from inferplane.tenancy.records import Principal
 
 log = logging.getLogger(__name__)
@@ -24,18 +24,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Generation:
-    model: LocalModel
     events: AsyncIterator[GenerationEvent]
     prompt_tokens: int
-
-    @property
-    def version(self) -> str:
-        return self.model.version
+    version: str  # of the deployment serving it
 
 
 class GenerationRequest(Protocol):
     model: str
     user: str | None
+    stream: bool
 
     def prompt_input(self) -> dict[str, Any]: ...
     def size_hint(self) -> int: ...
@@ -51,8 +48,8 @@ async def start(
     too long) raises here, so it becomes a plain HTTP error, not an in-stream one.
     """
     svc = services(request)
-    model = svc.inference.resolve(principal, body.model, "llm")
-    mark_served(request, model)
+    alias = svc.inference.route(principal, body.model)
+    request.state.model = alias.id
     ctx = RequestContext(
         request.state.request_id,
         principal,
@@ -61,14 +58,26 @@ async def start(
         deadline=queue_deadline(request),
     )
     events = svc.inference.generate(
-        ctx, model, body.prompt_input(), body.size_hint(), body.sampling()
+        ctx,
+        alias,
+        body.prompt_input(),
+        body.size_hint(),
+        body.sampling(),
+        stream=body.stream,
+        route=RouteRequest(
+            data_class=request.headers.get("x-inferplane-data-class"),
+            region=request.headers.get("x-inferplane-region"),
+        ),
     )
     try:
         first = await anext(events)
     finally:
         request.state.ratelimit_headers = ctx.ratelimit_headers
+        request.state.attempts = ctx.attempts
+        request.state.deployment = ctx.deployment or "none"
+        request.state.model_version = ctx.model_version or "none"
     assert isinstance(first, Started)
-    return Generation(model, events, first.prompt_tokens)
+    return Generation(events, first.prompt_tokens, ctx.model_version or "none")
 
 
 async def collect(generation: Generation) -> tuple[str, Finished]:

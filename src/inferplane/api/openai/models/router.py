@@ -11,11 +11,23 @@ from inferplane.api.openai.common import mark_served
 from inferplane.api.services import services
 from inferplane.engines.local import LocalModel
 from inferplane.errors import ModelNotFound
+from inferplane.routing.deployments import Alias
 
 router = APIRouter()
 
 
-def _card(model: LocalModel, created: int) -> dict[str, Any]:
+def _card(model: LocalModel | Alias, created: int) -> dict[str, Any]:
+    if isinstance(model, Alias):
+        sizes = [d.context_size for d in model.deployments if d.context_size is not None]
+        return {
+            "id": model.id,
+            "object": "model",
+            "created": created,
+            "owned_by": "inferplane",
+            "engine": "router",
+            "deployments": len(model.deployments),
+            "context_length": max(sizes, default=None),
+        }
     return {
         "id": model.id,
         "object": "model",
@@ -40,8 +52,10 @@ async def list_models(request: Request, principal: AnyKey) -> dict[str, Any]:
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request, principal: AnyKey) -> dict[str, Any]:
     svc = services(request)
-    model = svc.inference.models.get(model_id)
-    if model is None or not principal.may_use(model_id):
+    visible = {m.id: m for m in svc.inference.visible_models(principal)}
+    model = visible.get(model_id)
+    if model is None:
         raise ModelNotFound(model_id)  # a model the key may not use is not revealed
-    mark_served(request, model)
+    if isinstance(model, LocalModel):
+        mark_served(request, model)
     return _card(model, svc.started_at)

@@ -1,0 +1,121 @@
+"""Aliases: a public model id served by a group of deployments (local or remote).
+
+A `models:` entry with `deployments:` is an alias; a plain local model entry is the
+one-deployment case of it. Local deployments are declared like local models, named
+with `name` instead of `id`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from inferplane.limits.policy import Limits
+from inferplane.limits.pricing import Price
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
+Strategy = Literal["weighted", "least_busy", "latency", "cost"]
+RemoteEngine = Literal["openai_compatible", "anthropic"]
+REMOTE_ENGINES = ("openai_compatible", "anthropic")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Routing(_Strict):
+    """What routing reads of a deployment, local or remote."""
+
+    tags: list[Name] = Field(default_factory=list)  # e.g. private, external
+    region: Name | None = None
+    weight: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
+    # What the deployment costs the organisation (the `cost` strategy orders by it).
+    price: Price | None = None
+
+
+class RemoteDeployment(Routing):
+    """A model served elsewhere, over HTTP."""
+
+    name: Name
+    engine: RemoteEngine
+    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    model: Annotated[str, Field(min_length=1)]  # the upstream's model name
+    # The API key is read from this environment variable at start-up; never from the file.
+    api_key_env: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    context_size: Annotated[int, Field(ge=16)] | None = None
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
+
+    @model_validator(mode="after")
+    def _check_env(self) -> RemoteDeployment:
+        if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
+            raise ValueError("api_key_env must name an environment variable")
+        return self
+
+
+def _deployment_kind(value: Any) -> str:
+    engine = value.get("engine") if isinstance(value, dict) else getattr(value, "engine", None)
+    return "remote" if engine in REMOTE_ENGINES else "local"
+
+
+class AliasSpec(_Strict):
+    """`models:` entry with deployments: callers send `id`; routing picks a deployment."""
+
+    id: Name
+    strategy: Strategy = "weighted"
+    fallbacks: list[Name] = Field(default_factory=list)  # aliases tried after this one
+    # Declared as local model specs (engine llamacpp / sentence_transformers) or remote
+    # deployments (engine openai_compatible / anthropic).
+    deployments: Annotated[
+        list[
+            Annotated[
+                Annotated[dict[str, Any], Tag("local")]
+                | Annotated[RemoteDeployment, Tag("remote")],
+                Discriminator(_deployment_kind),
+            ]
+        ],
+        Field(min_length=1),
+    ]
+    # Attempts in all (first try, retries and fallbacks) and the whole request's deadline.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    deadline_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # Retry backoff: base * 2^n with full jitter, capped; an upstream's Retry-After wins.
+    backoff_base_s: Annotated[float, Field(ge=0, le=60)] = 0.05
+    backoff_max_s: Annotated[float, Field(ge=0, le=300)] = 2.0
+    # Circuit breaker: this many failures in a row open it; after `cooldown_s` one probe
+    # request may pass (half-open); its success closes the breaker.
+    breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    breaker_cooldown_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    # Requests whose prompt has more tokens than this prefer deployments tagged `large`.
+    complexity_tokens: Annotated[int, Field(ge=1)] | None = None
+    limits: Limits = Limits()
+    pricing: Price | None = None  # what callers are charged (as for local models)
+    default_max_tokens: Annotated[int, Field(ge=1)] = 256
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AliasSpec:
+        names = [d["name"] if isinstance(d, dict) else d.name for d in self.deployments]
+        if any(not isinstance(n, str) for n in names):
+            raise ValueError("every deployment needs a 'name'")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate deployment names: {', '.join(dupes)}")
+        if self.id in self.fallbacks:
+            raise ValueError("an alias cannot fall back to itself")
+        return self
+
+    def local_specs(self) -> list[dict[str, Any]]:
+        """Local deployments as model spec mappings (their worker id is their name)."""
+        out = []
+        for d in self.deployments:
+            if isinstance(d, dict):
+                spec = {k: v for k, v in d.items() if k != "name"}
+                out.append({"id": d["name"], **spec})
+        return out
+
+    def remotes(self) -> list[RemoteDeployment]:
+        return [d for d in self.deployments if isinstance(d, RemoteDeployment)]

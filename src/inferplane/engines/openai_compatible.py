@@ -1,0 +1,219 @@
+"""Remote deployments speaking OpenAI's API: vLLM, TGI, llama.cpp's server, Ollama,
+OpenAI itself. One pooled HTTP/1.1 client (keep-alive) per deployment.
+
+A generation becomes the pipeline's events (`Started`, `TextDelta`, `Finished`); every
+failure becomes an `UpstreamError` saying why, so routing can decide whether to retry
+here, fail over, or give up. The API key never appears in a log line or an error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from inferplane.config.routes import RemoteDeployment
+from inferplane.errors import UpstreamError
+from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+
+_PATHS = {"chat.completions": "chat/completions", "completions": "completions"}
+_JSON = {"content-type": "application/json"}
+
+
+class OpenAICompatibleEngine:
+    def __init__(self, spec: RemoteDeployment, api_key: str | None):
+        self.spec = spec
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=spec.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=spec.max_connections,
+                max_keepalive_connections=spec.max_connections,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def check(self) -> bool:
+        """Active health check: the upstream answers its model list."""
+        try:
+            resp = await self._client.get("models", timeout=self.spec.connect_timeout_s)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code < 500
+
+    async def generate(
+        self,
+        endpoint: str,
+        prompt_input: dict[str, Any],
+        sampling: dict[str, Any],
+        *,
+        stream: bool,
+        prompt_estimate: int,
+    ) -> AsyncIterator[GenerationEvent]:
+        body: dict[str, Any] = {"model": self.spec.model, "stream": stream}
+        body.update({k: v for k, v in prompt_input.items() if v is not None})
+        body.update({k: v for k, v in sampling.items() if v is not None})
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        chat = endpoint == "chat.completions"
+        try:
+            if stream:
+                async for event in self._stream(_PATHS[endpoint], body, chat, prompt_estimate):
+                    yield event
+            else:
+                resp = await self._client.post(
+                    _PATHS[endpoint], content=orjson.dumps(body), headers=_JSON
+                )
+                if resp.status_code != 200:
+                    raise _status_error(resp.status_code, resp.headers, resp.content)
+                for event in _whole(_json(resp.content), chat, prompt_estimate):
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(
+                f"Deployment '{self.spec.name}' timed out.", reason="timeout"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"Deployment '{self.spec.name}' could not be reached ({type(exc).__name__}).",
+                reason="connection",
+            ) from exc
+
+    async def _stream(
+        self, path: str, body: dict[str, Any], chat: bool, prompt_estimate: int
+    ) -> AsyncIterator[GenerationEvent]:
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        request = self._client.build_request(
+            "POST", path, content=orjson.dumps(body), headers=headers
+        )
+        resp = await self._client.send(request, stream=True)
+        try:
+            if resp.status_code != 200:
+                raise _status_error(resp.status_code, resp.headers, await resp.aread())
+            yield Started(prompt_estimate)
+            pieces, finish, usage = 0, None, None
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = _json(data.encode())
+                if "error" in chunk:
+                    raise UpstreamError(
+                        f"The upstream failed mid-stream: {_message(chunk)}", reason="stream"
+                    )
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    text = (
+                        (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                    )
+                    if text:
+                        pieces += 1
+                        yield TextDelta(text, pieces)
+                    finish = choice.get("finish_reason") or finish
+            else:
+                if finish is None:
+                    raise UpstreamError("The upstream's stream ended early.", reason="stream")
+            if finish == "content_filter" and not pieces:
+                raise UpstreamError("The upstream refused the request.", reason="content_filter")
+            yield Finished(
+                finish or "stop",
+                int((usage or {}).get("prompt_tokens") or prompt_estimate),
+                int((usage or {}).get("completion_tokens") or pieces),
+            )
+        finally:
+            await resp.aclose()
+
+
+def _whole(data: dict[str, Any], chat: bool, prompt_estimate: int) -> list[GenerationEvent]:
+    choices = data.get("choices") or [{}]
+    choice = choices[0]
+    text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
+    finish = choice.get("finish_reason") or "stop"
+    if finish == "content_filter" and not text:
+        raise UpstreamError("The upstream refused the request.", reason="content_filter")
+    usage = data.get("usage") or {}
+    completion = int(usage.get("completion_tokens") or (1 if text else 0))
+    prompt = int(usage.get("prompt_tokens") or prompt_estimate)
+    events: list[GenerationEvent] = [Started(prompt)]
+    if text:
+        events.append(TextDelta(text, completion))
+    events.append(Finished(finish, prompt, completion))
+    return events
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("The upstream sent invalid JSON.", reason="server_error") from exc
+    if not isinstance(data, dict):
+        raise UpstreamError("The upstream sent an unexpected body.", reason="server_error")
+    return data
+
+
+def _message(data: dict[str, Any]) -> str:
+    err = data.get("error")
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("code") or "")[:500]
+    return str(err or data.get("detail") or "")[:500]
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _status_error(status: int, headers: httpx.Headers, content: bytes) -> UpstreamError:
+    try:
+        data = orjson.loads(content) if content else {}
+    except orjson.JSONDecodeError:
+        data = {}
+    message = _message(data) if isinstance(data, dict) else ""
+    err = data.get("error") if isinstance(data, dict) else None
+    code = str(err.get("code") or "") if isinstance(err, dict) else ""
+    retry_after = retry_after_seconds(headers.get("retry-after"))
+    lowered = message.lower()
+    if status == 429:
+        reason = "rate_limited"
+    elif status >= 500:
+        reason = "server_error"
+    elif (
+        code == "context_length_exceeded"
+        or "context length" in lowered
+        or ("maximum context" in lowered)
+    ):
+        reason = "context_length"
+    elif code == "content_filter" or "content filter" in lowered:
+        reason = "content_filter"
+    elif status in (401, 403, 404):
+        reason = "server_error"  # our configuration (key, model name): another may work
+    else:
+        reason = "invalid"
+    # Only a refusal of the request itself passes the upstream's words on to the caller;
+    # server-side failures can carry internals.
+    told = message if reason in ("invalid", "context_length", "content_filter") else ""
+    return UpstreamError(
+        f"Upstream answered {status}: {told}" if told else f"Upstream answered {status}.",
+        reason=reason,
+        upstream_status=status,
+        retry_after=retry_after,
+    )

@@ -1,0 +1,2 @@
+"""Routing: aliases -> deployments, policy rules, strategies, retries, fallbacks and
+circuit breakers."""

@@ -1,0 +1,180 @@
+"""Aliases -> an ordered plan of deployments, and the attempts that walk it.
+
+A plan is the alias's deployments that policy allows, ordered by its strategy, then the
+same for each fallback alias (depth first, each alias once). `attempts` walks it:
+a deployment whose breaker is open or whose upstream asked to wait (Retry-After) is
+skipped; a failure before the first token reaches the caller moves on to the next
+candidate (after an exponential, jittered backoff when the plan comes round again); a
+failure after it ends the stream. Every attempt's verdict feeds the deployment's breaker
+and latency/error averages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from inferplane.errors import (
+    ContextLengthExceeded,
+    InferplaneError,
+    Overloaded,
+    Unavailable,
+    UpstreamError,
+)
+from inferplane.pipeline.events import GenerationEvent, Started
+from inferplane.routing.deployments import Alias, Deployment
+from inferplane.routing.strategies import RouteRequest, allowed, by_complexity, order
+
+Run = Callable[[Alias, Deployment], AsyncIterator[GenerationEvent]]
+# The longest an upstream's Retry-After is waited out when no other deployment can serve.
+_MAX_RETRY_AFTER_WAIT_S = 10.0
+
+
+class Router:
+    def __init__(self, aliases: dict[str, Alias]):
+        self.aliases = aliases
+
+    def get(self, alias_id: str) -> Alias | None:
+        return self.aliases.get(alias_id)
+
+    def deployments(self) -> list[tuple[Alias, Deployment]]:
+        return [(a, d) for a in self.aliases.values() for d in a.deployments]
+
+    async def aclose(self) -> None:
+        """Close the remote deployments' connection pools."""
+        for _, dep in self.deployments():
+            if dep.remote is not None:
+                await dep.remote.aclose()
+
+    def plan(self, alias: Alias, req: RouteRequest) -> list[tuple[Alias, Deployment]]:
+        out: list[tuple[Alias, Deployment]] = []
+        seen: set[str] = set()
+
+        def add(a: Alias) -> None:
+            if a.id in seen:
+                return
+            seen.add(a.id)
+            ordered = order(a.strategy, [d for d in a.deployments if allowed(d, req)])
+            if a.complexity_tokens is not None:
+                ordered = by_complexity(ordered, req.prompt_tokens > a.complexity_tokens)
+            now = time.monotonic()
+            # Healthy ones first; the others stay in the plan, tried if they recover.
+            ready = [d for d in ordered if d.ready(now)]
+            out.extend((a, d) for d in ready + [d for d in ordered if d not in ready])
+            for name in a.fallbacks:
+                fallback = self.aliases.get(name)
+                if fallback is not None:
+                    add(fallback)
+
+        add(alias)
+        return out
+
+
+@dataclass
+class Attempts:
+    """The attempts of one request: how many, and which deployment served it."""
+
+    count: int = 0
+    served_by: tuple[Alias, Deployment] | None = None
+    tried: list[str] = field(default_factory=list)
+
+
+def _may_retry(exc: BaseException) -> bool:
+    if isinstance(exc, UpstreamError):
+        return exc.retryable
+    return isinstance(exc, Unavailable | Overloaded | ContextLengthExceeded)
+
+
+def _counts_against(exc: BaseException) -> bool:
+    """Whether the failure says the deployment is unhealthy (feeds its breaker)."""
+    if isinstance(exc, UpstreamError):
+        return exc.same_deployment_may_succeed
+    return isinstance(exc, Unavailable)
+
+
+async def attempts(
+    alias: Alias,
+    plan: list[tuple[Alias, Deployment]],
+    run: Run,
+    state: Attempts,
+    *,
+    on_attempt: Callable[[Alias, Deployment, str], None] = lambda a, d, outcome: None,
+) -> AsyncIterator[GenerationEvent]:
+    """Run the plan until one attempt delivers; yields that attempt's events."""
+    deadline = time.monotonic() + alias.deadline_s
+    last: InferplaneError | None = None
+    failed_here: dict[str, int] = {}
+    while state.count < alias.max_attempts and plan:
+        progressed = False
+        for owner, dep in plan:
+            now = time.monotonic()
+            if state.count >= alias.max_attempts or now >= deadline:
+                break
+            if dep.not_before > now or not dep.breaker.allow():
+                continue
+            progressed = True
+            if failed_here.get(dep.name):
+                # Coming back to a deployment that failed this request: back off first.
+                pause = min(alias.backoff_max_s, alias.backoff_base_s * 2 ** failed_here[dep.name])
+                await asyncio.sleep(min(random.uniform(0, pause), max(0.0, deadline - now)))
+            state.count += 1
+            state.tried.append(dep.name)
+            delivered = False
+            verdict: bool | None = None
+            started = time.perf_counter()
+            ttft: float | None = None
+            dep.in_flight += 1
+            stream = run(owner, dep)
+            try:
+                held: Started | None = None
+                async for event in stream:
+                    if not delivered:
+                        if isinstance(event, Started):
+                            held = event
+                            continue
+                        delivered = True
+                        ttft = time.perf_counter() - started
+                        state.served_by = (owner, dep)
+                        if held is not None:
+                            yield held
+                    yield event
+                verdict = True
+                on_attempt(owner, dep, "success")
+                return
+            except InferplaneError as exc:
+                if delivered or not _may_retry(exc):
+                    verdict = False if _counts_against(exc) else None
+                    on_attempt(owner, dep, "failure")
+                    raise
+                last = exc
+                verdict = False if _counts_against(exc) else None
+                failed_here[dep.name] = failed_here.get(dep.name, 0) + 1
+                retry_after = getattr(exc, "retry_after", None)
+                if isinstance(exc, UpstreamError) and retry_after:
+                    dep.not_before = time.monotonic() + retry_after
+                on_attempt(owner, dep, "retry")
+            finally:
+                dep.in_flight -= 1
+                await stream.aclose()  # type: ignore[attr-defined]
+                if verdict is True:
+                    dep.breaker.success()
+                    dep.observe(True, ttft, time.perf_counter() - started)
+                elif verdict is False:
+                    dep.breaker.failure()
+                    dep.observe(False)
+                else:
+                    dep.breaker.release()
+        if not progressed:
+            # Every candidate is unavailable. Wait for an upstream's Retry-After when it
+            # ends soon and within the deadline; open breakers fail fast.
+            now = time.monotonic()
+            wait = min((d.not_before - now for _, d in plan if d.not_before > now), default=None)
+            if wait is None or wait > _MAX_RETRY_AFTER_WAIT_S or now + wait >= deadline:
+                break
+            await asyncio.sleep(wait)
+    if last is not None:
+        raise last
+    raise Unavailable(f"No deployment of '{alias.id}' can serve this request right now.")

@@ -1,0 +1,237 @@
+"""Routing across deployments, end to end: inferplane in front of two real
+llama-cpp-python OpenAI servers (`python -m llama_cpp.server`), one of them behind a
+fault-injecting proxy, called with the official openai client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.fault_proxy import FaultProxy, Faults
+from tests.e2e.server import Server, metric, running_server
+from tests.e2e.upstreams import LlamaCppServer
+
+
+@dataclass
+class Setup:
+    server: Server
+    a: LlamaCppServer
+    b: LlamaCppServer
+    proxy: FaultProxy
+
+
+def _remote(name: str, url: str, tags: list[str], weight: float) -> str:
+    return f"""
+      - name: {name}
+        engine: openai_compatible
+        base_url: {url}
+        model: gemma
+        tags: [{", ".join(tags)}]
+        weight: {weight}
+        timeout_s: 20"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterator[Setup]:
+    tmp = tmp_path_factory.mktemp("routing")
+    a = LlamaCppServer(gguf_path, tmp / "a.log").start()
+    b = LlamaCppServer(gguf_path, tmp / "b.log").start()
+    with FaultProxy(a.port) as proxy:
+        config = tmp / "config.yaml"
+        flaky = _remote("a-flaky", proxy.url, ["private"], 50)
+        flaky += _remote("b", b.url, ["external"], 50)
+        split = _remote("a-90", a.url, ["private"], 90) + _remote("b-10", b.url, ["external"], 10)
+        main = _remote("a-main", a.url, ["private"], 50)
+        main += _remote("b-main", b.url, ["external"], 50)
+        config.write_text(
+            f"""
+models:
+  - id: all-minilm-l6-v2
+    engine: sentence_transformers
+    bundled: all-minilm-l6-v2
+  - id: chat
+    max_attempts: 6
+    breaker_failures: 1000  # this test is about retries; the breaker has its own
+    deployments:{flaky}
+  - id: split
+    deployments:{split}
+  - id: failover
+    breaker_failures: 2
+    breaker_cooldown_s: 1
+    deployments:{main}
+"""
+        )
+        try:
+            with running_server(tmp / "data", config=config) as server:
+                yield Setup(server, a, b, proxy)
+        finally:
+            a.stop()
+            b.stop()
+
+
+def _complete(
+    client: openai.OpenAI, model: str, stream: bool, i: int, **kw: Any
+) -> tuple[str, str]:
+    """(text, deployment) of one short greedy text completion."""
+    text, headers = _complete_headers(client, model, stream, i, **kw)
+    return text, headers["x-inferplane-deployment"]
+
+
+def _complete_headers(
+    client: openai.OpenAI, model: str, stream: bool, i: int, **kw: Any
+) -> tuple[str, httpx.Headers]:
+    args: dict[str, Any] = {
+        "model": model,
+        "prompt": f"{i}, {i + 1}, {i + 2},",
+        "max_tokens": 3,
+        "temperature": 0,
+        **kw,
+    }
+    if not stream:
+        raw = client.completions.with_raw_response.create(**args)
+        return raw.parse().choices[0].text, raw.headers
+    with client.completions.with_streaming_response.create(**args, stream=True) as resp:
+        text = "".join(c.choices[0].text for c in resp.parse() if c.choices)
+        return text, resp.headers
+
+
+def test_a_flaky_upstream_causes_no_client_errors(setup: Setup) -> None:
+    setup.proxy.faults = Faults(error=0.12, reset=0.09, midstream=0.09)  # 30 % fail
+    client = setup.server.client(timeout=60)
+    labels = {"model": "chat", "deployment": "a-flaky", "outcome": "retry"}
+    before = metric(setup.server, "inferplane_route_attempts_total", **labels)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(lambda i: _complete_headers(client, "chat", i % 2 == 0, i), range(200))
+        )
+    setup.proxy.faults = Faults()
+    empty = [(i, dict(h)) for i, (text, h) in enumerate(results) if not text]
+    assert len(results) == 200 and not empty, empty[:3]
+    served = Counter(h["x-inferplane-deployment"] for _, h in results)
+    assert set(served) == {"a-flaky", "b"}, served
+    attempts = Counter(int(h["x-inferplane-attempts"]) for _, h in results)
+    assert attempts[1] > 100 and sum(n for k, n in attempts.items() if k > 1) >= 10, attempts
+    injected = sum(setup.proxy.log[f] for f in ("error", "reset", "midstream"))
+    retried = metric(setup.server, "inferplane_route_attempts_total", **labels) - before
+    # The faults happened and every one of them was absorbed by another attempt.
+    assert injected >= 20 and retried >= injected, (setup.proxy.log, retried)
+
+
+def test_weights_split_traffic(setup: Setup) -> None:
+    client = setup.server.client(timeout=60)
+    a0, b0 = setup.a.requests_served(), setup.b.requests_served()
+    with ThreadPoolExecutor(4) as pool:
+        results = pool.map(lambda i: _complete(client, "split", False, i), range(400))
+        served = Counter(dep for _, dep in results)
+    assert sum(served.values()) == 400
+    assert 0.85 <= served["a-90"] / 400 <= 0.95, served
+    # The upstreams' own logs agree with the response headers.
+    assert setup.a.requests_served() - a0 == served["a-90"]
+    assert setup.b.requests_served() - b0 == served["b-10"]
+
+
+def test_confidential_requests_reach_private_deployments_only(setup: Setup) -> None:
+    client = setup.server.client(timeout=60)
+    b0 = setup.b.requests_served()
+    headers = {"x-inferplane-data-class": "confidential"}
+    for model in ("chat", "split", "failover"):
+        for i in range(10):
+            _, dep = _complete(client, model, i % 2 == 0, i, extra_headers=headers)
+            assert dep in ("a-flaky", "a-90", "a-main")
+    # Chat too (the base model answers a chat turn with an empty message).
+    chat = client.chat.completions.with_raw_response.create(
+        model="split",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=3,
+        extra_headers=headers,
+    )
+    assert chat.headers["x-inferplane-deployment"] == "a-90"
+    assert chat.parse().choices[0].finish_reason == "stop"
+    assert setup.b.requests_served() == b0  # B's own log: not one confidential request
+
+
+def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
+    client = setup.server.client(timeout=60)
+    log: list[tuple[float, str, str | None]] = []  # (time, deployment, error)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                _, dep = _complete(client, "failover", i % 2 == 0, i)
+                log.append((time.monotonic(), dep, None))
+            except openai.OpenAIError as exc:
+                log.append((time.monotonic(), "", repr(exc)))
+            i += 1
+
+    runners = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in runners:
+        t.start()
+    try:
+        time.sleep(2)
+        setup.b.stop()
+        killed = time.monotonic()
+        time.sleep(6)
+        setup.b.start()
+        back = time.monotonic()
+        deadline = back + 30
+        while time.monotonic() < deadline:
+            if any(t > back and dep == "b-main" for t, dep, _ in log):
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in runners:
+            t.join(60)
+    assert not [e for _, _, e in log if e], "client-visible errors"
+    assert any(t < killed and dep == "b-main" for t, dep, _ in log)  # B served before
+    # Within 2 s of the kill, every request went to A.
+    assert all(dep == "a-main" for t, dep, _ in log if killed + 2 < t < back)
+    assert len([1 for t, _, _ in log if killed + 2 < t < back]) >= 5
+    # After B came back, a half-open probe found it and traffic returned.
+    assert any(t > back and dep == "b-main" for t, dep, _ in log)
+
+
+def test_deployments_admin_view(setup: Setup) -> None:
+    with setup.server.http() as http:
+        body = http.get("/admin/v1/deployments").json()
+    rows = {(r["model"], r["name"]): r for r in body["data"]}
+    flaky = rows[("chat", "a-flaky")]
+    assert flaky["breaker"] in ("closed", "open", "half_open")
+    assert flaky["requests"] > 0 and flaky["failures"] > 0
+    assert rows[("split", "a-90")]["ewma_ttft_ms"] > 0
+    assert rows[("split", "b-10")]["tags"] == ["external"]
+    assert {"in_flight", "error_rate", "healthy", "region", "weight"} <= set(flaky)
+
+
+def test_a_stream_broken_after_its_first_token_ends_with_an_error_event(setup: Setup) -> None:
+    setup.proxy.faults = Faults(late=1.0)
+    try:
+        with (
+            setup.server.http() as http,
+            http.stream(
+                "POST",
+                "/v1/completions",
+                json={"model": "chat", "prompt": "1, 2, 3,", "max_tokens": 8, "stream": True},
+                headers={"x-inferplane-data-class": "confidential"},  # the flaky one only
+            ) as resp,
+        ):
+            assert resp.status_code == 200
+            events = [line for line in resp.iter_lines() if line.startswith("data:")]
+    finally:
+        setup.proxy.faults = Faults()
+    tokens = [e for e in events[:-2] if '"text":"' in e and '"text":""' not in e]
+    assert tokens, events  # the first token reached the client...
+    assert '"error"' in events[-2], events  # ...then the failure, as an error event
+    assert events[-1] == "data: [DONE]"

@@ -1,0 +1,83 @@
+"""Real upstream servers for routing tests: llama-cpp-python's own OpenAI-compatible
+server (`python -m llama_cpp.server`, the `[server]` extra) on the bundled GGUF."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.server import free_port
+
+
+@dataclass
+class LlamaCppServer:
+    gguf: Path
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LlamaCppServer:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(self.gguf),
+                "--model_alias",
+                "gemma",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_ctx",
+                "512",
+                "--n_threads",
+                "1",
+                "--interrupt_requests",
+                "false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(self.url + "/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("llama_cpp.server did not start")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def requests_served(self) -> int:
+        """Generation requests in the server's own access log."""
+        text = self.log_path.read_text(errors="replace")
+        return sum(
+            1
+            for line in text.splitlines()
+            if '"POST /v1/chat/completions' in line or '"POST /v1/completions' in line
+        )
