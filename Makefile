@@ -46,6 +46,7 @@ bench: install-dev
 	$(BIN)/python bench/admission.py
 	$(BIN)/python bench/batching.py
 	$(BIN)/python bench/prefix_cache.py
+	$(BIN)/python bench/gateway_overhead.py $(if $(LITELLM_BIN),--litellm-bin $(LITELLM_BIN))
 
 clean:
 	rm -rf $(VENV) .inferplane .pytest_cache .mypy_cache .ruff_cache

@@ -68,7 +68,9 @@ def running_server(
     admin_key: str | None = "ipk-test-admin",
     config: Path | None = None,
     env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> Iterator[Server]:
+    """The real server in a subprocess (`cpus`: pin it, and every thread, to those)."""
     port = free_port()
     extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERPLANE_")}
@@ -80,7 +82,12 @@ def running_server(
     if config is not None:
         cmd += ["--config", str(config)]
     process = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     server = Server(process, f"http://127.0.0.1:{port}", data_dir, admin_key)
     threading.Thread(target=_pump, args=(process, server.output), daemon=True).start()

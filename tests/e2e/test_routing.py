@@ -53,8 +53,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterator
         split = _remote("a-90", a.url, ["private"], 90) + _remote("b-10", b.url, ["external"], 10)
         main = _remote("a-main", a.url, ["private"], 50)
         main += _remote("b-main", b.url, ["external"], 50)
+        checked = _remote("a-chk", a.url, ["private"], 50)
+        checked += _remote("b-chk", b.url, ["external"], 50)
         config.write_text(
             f"""
+server:
+  health_interval_s: 0.5
 models:
   - id: all-minilm-l6-v2
     engine: sentence_transformers
@@ -69,6 +73,10 @@ models:
     breaker_failures: 2
     breaker_cooldown_s: 1
     deployments:{main}
+  - id: checked
+    breaker_failures: 1
+    breaker_cooldown_s: 300  # only the active health check can bring it back in time
+    deployments:{checked}
 """
         )
         try:
@@ -201,6 +209,32 @@ def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
     assert len([1 for t, _, _ in log if killed + 2 < t < back]) >= 5
     # After B came back, a half-open probe found it and traffic returned.
     assert any(t > back and dep == "b-main" for t, dep, _ in log)
+
+
+def test_an_active_health_check_lets_a_recovered_upstream_back_early(setup: Setup) -> None:
+    client = setup.server.client(timeout=60)
+
+    def breaker() -> str:
+        with setup.server.http() as http:
+            rows = http.get("/admin/v1/deployments").json()["data"]
+        return str(next(r["breaker"] for r in rows if r["name"] == "b-chk"))
+
+    setup.b.stop()
+    try:
+        for i in range(20):
+            assert _complete(client, "checked", False, i)[1] == "a-chk"
+            if breaker() == "open":
+                break
+        assert breaker() == "open"
+    finally:
+        setup.b.start()
+    deadline = time.monotonic() + 15
+    served = Counter[str]()
+    while time.monotonic() < deadline and not served["b-chk"]:
+        served[_complete(client, "checked", False, 0)[1]] += 1
+        time.sleep(0.1)
+    assert served["b-chk"] == 1, served  # back long before its 300 s cooldown
+    assert breaker() == "closed"
 
 
 def test_deployments_admin_view(setup: Setup) -> None:

@@ -146,6 +146,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker, metrics)
     await supervisor.start()
     router = build_router(settings, models, metrics)
+    router.start_health_checks(settings.server.health_interval_s)
     return Services(
         settings=settings,
         metrics=metrics,

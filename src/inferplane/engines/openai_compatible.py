@@ -1,5 +1,5 @@
 """Remote deployments speaking OpenAI's API: vLLM, TGI, llama.cpp's server, Ollama,
-OpenAI itself. One pooled HTTP/1.1 client (keep-alive) per deployment.
+OpenAI itself, over one keep-alive connection pool per deployment (`upstream_http`).
 
 A generation becomes the pipeline's events (`Started`, `TextDelta`, `Finished`); every
 failure becomes an `UpstreamError` saying why, so routing can decide whether to retry
@@ -10,44 +10,31 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from inferplane.config.routes import RemoteDeployment
+from inferplane.engines.upstream_http import UpstreamHTTP
 from inferplane.errors import UpstreamError
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
 
 _PATHS = {"chat.completions": "chat/completions", "completions": "completions"}
-_JSON = {"content-type": "application/json"}
 
 
 class OpenAICompatibleEngine:
     def __init__(self, spec: RemoteDeployment, api_key: str | None):
         self.spec = spec
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=spec.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=spec.max_connections,
-                max_keepalive_connections=spec.max_connections,
-            ),
-        )
+        self._http = UpstreamHTTP(spec, headers)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def check(self) -> bool:
         """Active health check: the upstream answers its model list."""
-        try:
-            resp = await self._client.get("models", timeout=self.spec.connect_timeout_s)
-        except httpx.HTTPError:
-            return False
-        return resp.status_code < 500
+        return await self._http.get_ok("models", self.spec.connect_timeout_s)
 
     async def generate(
         self,
@@ -61,60 +48,35 @@ class OpenAICompatibleEngine:
         body: dict[str, Any] = {"model": self.spec.model, "stream": stream}
         body.update({k: v for k, v in prompt_input.items() if v is not None})
         body.update({k: v for k, v in sampling.items() if v is not None})
-        if stream:
-            body["stream_options"] = {"include_usage": True}
         chat = endpoint == "chat.completions"
-        try:
-            if stream:
-                async for event in self._stream(_PATHS[endpoint], body, chat, prompt_estimate):
-                    yield event
-            else:
-                resp = await self._client.post(
-                    _PATHS[endpoint], content=orjson.dumps(body), headers=_JSON
-                )
-                if resp.status_code != 200:
-                    raise _status_error(resp.status_code, resp.headers, resp.content)
-                for event in _whole(_json(resp.content), chat, prompt_estimate):
-                    yield event
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(
-                f"Deployment '{self.spec.name}' timed out.", reason="timeout"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                f"Deployment '{self.spec.name}' could not be reached ({type(exc).__name__}).",
-                reason="connection",
-            ) from exc
-
-    async def _stream(
-        self, path: str, body: dict[str, Any], chat: bool, prompt_estimate: int
-    ) -> AsyncIterator[GenerationEvent]:
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        request = self._client.build_request(
-            "POST", path, content=orjson.dumps(body), headers=headers
-        )
-        resp = await self._client.send(request, stream=True)
-        try:
-            if resp.status_code != 200:
-                raise _status_error(resp.status_code, resp.headers, await resp.aread())
+        if not stream:
+            status, headers, content = await self._http.post(_PATHS[endpoint], body)
+            if status != 200:
+                raise status_error(status, headers, content)
+            for event in _whole(parse_json(content), chat, prompt_estimate):
+                yield event
+            return
+        body["stream_options"] = {"include_usage": True}
+        async with self._http.stream(_PATHS[endpoint], body) as (status, headers, lines):
+            if status != 200:
+                raise status_error(status, headers, b"".join([line async for line in lines]))
             yield Started(prompt_estimate)
             pieces, finish, usage = 0, None, None
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in lines:
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
-                chunk = _json(data.encode())
+                chunk = parse_json(data)
                 if "error" in chunk:
                     raise UpstreamError(
                         f"The upstream failed mid-stream: {_message(chunk)}", reason="stream"
                     )
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or []:
-                    text = (
-                        (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-                    )
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content") if chat else choice.get("text")
                     if text:
                         pieces += 1
                         yield TextDelta(text, pieces)
@@ -129,8 +91,6 @@ class OpenAICompatibleEngine:
                 int((usage or {}).get("prompt_tokens") or prompt_estimate),
                 int((usage or {}).get("completion_tokens") or pieces),
             )
-        finally:
-            await resp.aclose()
 
 
 def _whole(data: dict[str, Any], chat: bool, prompt_estimate: int) -> list[GenerationEvent]:
@@ -150,7 +110,7 @@ def _whole(data: dict[str, Any], chat: bool, prompt_estimate: int) -> list[Gener
     return events
 
 
-def _json(raw: bytes) -> dict[str, Any]:
+def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -182,7 +142,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _status_error(status: int, headers: httpx.Headers, content: bytes) -> UpstreamError:
+def status_error(status: int, headers: Mapping[str, str], content: bytes) -> UpstreamError:
     try:
         data = orjson.loads(content) if content else {}
     except orjson.JSONDecodeError:

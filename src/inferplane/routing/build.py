@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 from inferplane.config import Settings
+from inferplane.engines.anthropic import AnthropicEngine
 from inferplane.engines.local import LocalModel
 from inferplane.engines.openai_compatible import OpenAICompatibleEngine
 from inferplane.routing.breaker import CircuitBreaker
-from inferplane.routing.deployments import Alias, Deployment, alias_from_spec
+from inferplane.routing.deployments import Alias, Deployment, RemoteEngine, alias_from_spec
 from inferplane.routing.router import Router
 from inferplane.telemetry.metrics import Metrics
 
@@ -53,7 +54,11 @@ def build_router(
                 deployments.append(Deployment(local.id, local.spec, cut, local=local))
             else:
                 key = env.get(d.api_key_env) if d.api_key_env else None
-                engine = OpenAICompatibleEngine(d, key)
+                engine: RemoteEngine
+                if d.engine == "anthropic":
+                    engine = AnthropicEngine(d, key, spec.default_max_tokens)
+                else:
+                    engine = OpenAICompatibleEngine(d, key)
                 deployments.append(Deployment(d.name, d, cut, remote=engine))
         aliases[spec.id] = alias_from_spec(spec, deployments)
     return Router(aliases)

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from inferplane.config.routes import AliasSpec, Routing, Strategy
+from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing, Strategy
 from inferplane.engines.local import LocalModel
-from inferplane.engines.openai_compatible import OpenAICompatibleEngine
 from inferplane.limits.policy import Limits
+from inferplane.pipeline.events import GenerationEvent
 from inferplane.routing.breaker import CircuitBreaker
 
 _EWMA = 0.2  # weight of the newest observation
+
+
+class RemoteEngine(Protocol):
+    """A remote deployment's adapter (openai_compatible, anthropic)."""
+
+    spec: RemoteDeployment
+
+    def generate(
+        self,
+        endpoint: str,
+        prompt_input: dict[str, Any],
+        sampling: dict[str, Any],
+        *,
+        stream: bool,
+        prompt_estimate: int,
+    ) -> AsyncIterator[GenerationEvent]: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass
@@ -21,7 +40,7 @@ class Deployment:
     routing: Routing
     breaker: CircuitBreaker
     local: LocalModel | None = None
-    remote: OpenAICompatibleEngine | None = None
+    remote: RemoteEngine | None = None
     in_flight: int = 0
     requests: int = 0
     failures: int = 0

@@ -12,6 +12,7 @@ and latency/error averages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +25,8 @@ from inferplane.errors import (
     Unavailable,
     UpstreamError,
 )
-from inferplane.pipeline.events import GenerationEvent, Started
+from inferplane.pipeline.events import Finished, GenerationEvent, Started
+from inferplane.routing.breaker import OPEN
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.strategies import RouteRequest, allowed, by_complexity, order
 
@@ -36,6 +38,7 @@ _MAX_RETRY_AFTER_WAIT_S = 10.0
 class Router:
     def __init__(self, aliases: dict[str, Alias]):
         self.aliases = aliases
+        self._checks: asyncio.Task[None] | None = None
 
     def get(self, alias_id: str) -> Alias | None:
         return self.aliases.get(alias_id)
@@ -44,10 +47,28 @@ class Router:
         return [(a, d) for a in self.aliases.values() for d in a.deployments]
 
     async def aclose(self) -> None:
-        """Close the remote deployments' connection pools."""
+        """Stop the health checks; close the remote deployments' connection pools."""
+        if self._checks is not None:
+            self._checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checks
         for _, dep in self.deployments():
             if dep.remote is not None:
                 await dep.remote.aclose()
+
+    def start_health_checks(self, interval_s: float) -> None:
+        """Active health checks: every `interval_s`, each remote deployment whose breaker
+        is open is asked for its model list; an answer lets the next request probe it at
+        once instead of after the rest of the cooldown."""
+        self._checks = asyncio.create_task(self._check_loop(interval_s))
+
+    async def _check_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            for _, dep in self.deployments():
+                check = getattr(dep.remote, "check", None)
+                if check is not None and dep.breaker.state == OPEN and await check():
+                    dep.breaker.half_open_now()
 
     def plan(self, alias: Alias, req: RouteRequest) -> list[tuple[Alias, Deployment]]:
         out: list[tuple[Alias, Deployment]] = []
@@ -140,9 +161,10 @@ async def attempts(
                         state.served_by = (owner, dep)
                         if held is not None:
                             yield held
+                    if isinstance(event, Finished):
+                        verdict = True  # served, even if the caller stops reading here
                     yield event
                 verdict = True
-                on_attempt(owner, dep, "success")
                 return
             except InferplaneError as exc:
                 if delivered or not _may_retry(exc):
@@ -160,6 +182,7 @@ async def attempts(
                 dep.in_flight -= 1
                 await stream.aclose()  # type: ignore[attr-defined]
                 if verdict is True:
+                    on_attempt(owner, dep, "success")
                     dep.breaker.success()
                     dep.observe(True, ttft, time.perf_counter() - started)
                 elif verdict is False:

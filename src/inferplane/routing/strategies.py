@@ -17,6 +17,9 @@ DATA_CLASS_TAGS: dict[str, frozenset[str]] = {
 }
 
 
+_RNG = random.Random()
+
+
 @dataclass(frozen=True)
 class RouteRequest:
     """What policy rules read of a request and its caller."""
@@ -41,7 +44,7 @@ def allowed(dep: Deployment, req: RouteRequest) -> bool:
 def order(
     strategy: str, deployments: list[Deployment], rng: random.Random | None = None
 ) -> list[Deployment]:
-    rng = rng or random.Random()
+    rng = rng or _RNG
     if strategy == "weighted":
         # A weighted random order (Efraimidis-Spirakis): the first is chosen with
         # probability weight / total, the rest follow as fallbacks; weight 0 comes last.

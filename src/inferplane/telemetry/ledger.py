@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -100,7 +101,7 @@ class UsageLedger:
         self._task = asyncio.create_task(self._run(), name="usage-ledger")
 
     def record(self, rec: UsageRecord) -> None:
-        line = json.dumps(asdict(rec), separators=(",", ":")).encode() + b"\n"
+        line = orjson.dumps(rec) + b"\n"  # a dataclass, serialised natively
         self._journal.write(line)
         self._journal.flush()  # into the OS: survives the death of this process
         self._journal_bytes += len(line)

@@ -57,3 +57,14 @@ def test_a_probe_without_verdict_lets_another_probe() -> None:
     assert b.allow() and not b.allow()
     b.release()  # the caller went away before the upstream answered
     assert b.allow()
+
+
+def test_a_passed_health_check_lets_a_probe_through_before_the_cooldown() -> None:
+    clock = Clock()
+    b = CircuitBreaker(1, 300.0, clock=clock)
+    b.failure()
+    assert not b.allow()
+    b.half_open_now()
+    assert b.state == HALF_OPEN and b.allow() and not b.allow()
+    b.success()
+    assert b.state == CLOSED

@@ -70,7 +70,7 @@ async def list_prices(request: Request, principal: AdminKey) -> dict[str, Any]:
 @router.put("/pricing/{model:path}")
 async def set_price(model: str, request: Request, principal: AdminKey) -> dict[str, Any]:
     svc = services(request)
-    if model not in svc.inference.models:
+    if model not in svc.inference.models and svc.inference.router.get(model) is None:
         raise NotFound(f"No model '{model}' is served.", param="model", code="model_not_found")
     price = await parse_body(request, Price)
     version = await asyncio.to_thread(svc.prices.set, model, price)

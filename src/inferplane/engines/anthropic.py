@@ -1,0 +1,160 @@
+"""Remote deployments speaking Anthropic's Messages API, translated to and from OpenAI's.
+
+Requests: system and developer turns become the `system` parameter; the other turns
+alternate user/assistant (consecutive turns of one role are joined); a text completion's
+prompt is one user turn; `stop` becomes `stop_sequences`; `max_tokens` is required there,
+so the alias's default fills it in. Responses: text blocks become the message content,
+`stop_reason` maps to OpenAI's finish reasons (end_turn and stop_sequence -> stop,
+max_tokens -> length, refusal -> content_filter), usage comes from the API's counts.
+Streams: `content_block_delta` text deltas become tokens; an `error` event ends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from inferplane.config.routes import RemoteDeployment
+from inferplane.engines.openai_compatible import parse_json, status_error
+from inferplane.engines.upstream_http import UpstreamHTTP
+from inferplane.errors import UpstreamError
+from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+
+API_VERSION = "2023-06-01"
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "refusal": "content_filter",
+    "tool_use": "tool_calls",
+}
+
+
+class AnthropicEngine:
+    def __init__(self, spec: RemoteDeployment, api_key: str | None, default_max_tokens: int):
+        self.spec = spec
+        self._default_max_tokens = default_max_tokens
+        headers = {"anthropic-version": API_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        self._http = UpstreamHTTP(spec, headers)
+        self._path = "messages" if spec.base_url.rstrip("/").endswith("/v1") else "v1/messages"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def generate(
+        self,
+        endpoint: str,
+        prompt_input: dict[str, Any],
+        sampling: dict[str, Any],
+        *,
+        stream: bool,
+        prompt_estimate: int,
+    ) -> AsyncIterator[GenerationEvent]:
+        body = self._body(prompt_input, sampling, stream)
+        if stream:
+            async for event in self._stream(body, prompt_estimate):
+                yield event
+            return
+        status, headers, content = await self._http.post(self._path, body)
+        if status != 200:
+            raise status_error(status, headers, content)
+        data = parse_json(content)
+        text = "".join(
+            str(block.get("text") or "")
+            for block in data.get("content") or []
+            if block.get("type") == "text"
+        )
+        finish = _finish(data.get("stop_reason"), text)
+        usage = data.get("usage") or {}
+        prompt = int(usage.get("input_tokens") or prompt_estimate)
+        completion = int(usage.get("output_tokens") or 0)
+        yield Started(prompt)
+        if text:
+            yield TextDelta(text, completion)
+        yield Finished(finish, prompt, completion)
+
+    def _body(
+        self, prompt_input: dict[str, Any], sampling: dict[str, Any], stream: bool
+    ) -> dict[str, Any]:
+        system: list[str] = []
+        turns: list[dict[str, str]] = []
+        if "messages" in prompt_input:
+            for msg in prompt_input["messages"]:
+                role, content = msg["role"], str(msg.get("content") or "")
+                if role in ("system", "developer"):
+                    system.append(content)
+                    continue
+                role = "assistant" if role == "assistant" else "user"
+                if turns and turns[-1]["role"] == role:
+                    turns[-1]["content"] += "\n\n" + content
+                else:
+                    turns.append({"role": role, "content": content})
+        else:
+            turns.append({"role": "user", "content": str(prompt_input.get("prompt") or "")})
+        if not turns or turns[0]["role"] != "user":
+            turns.insert(0, {"role": "user", "content": "(continue)"})
+        body: dict[str, Any] = {
+            "model": self.spec.model,
+            "messages": turns,
+            "max_tokens": prompt_input.get("max_tokens") or self._default_max_tokens,
+            "stream": stream,
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if prompt_input.get("stop"):
+            body["stop_sequences"] = list(prompt_input["stop"])
+        if sampling.get("temperature") is not None:
+            body["temperature"] = min(1.0, float(sampling["temperature"]))  # its range: 0-1
+        if sampling.get("top_p") is not None and sampling["top_p"] < 1:
+            body["top_p"] = sampling["top_p"]
+        return body
+
+    async def _stream(
+        self, body: dict[str, Any], prompt_estimate: int
+    ) -> AsyncIterator[GenerationEvent]:
+        async with self._http.stream(self._path, body) as (status, headers, lines):
+            if status != 200:
+                raise status_error(status, headers, b"".join([line async for line in lines]))
+            prompt, completion, pieces = prompt_estimate, 0, 0
+            stop_reason: str | None = None
+            started = ended = False
+            async for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                event = parse_json(line[5:].strip())
+                kind = event.get("type")
+                if kind == "message_start":
+                    usage = (event.get("message") or {}).get("usage") or {}
+                    prompt = int(usage.get("input_tokens") or prompt_estimate)
+                    started = True
+                    yield Started(prompt)
+                elif kind == "content_block_delta":
+                    text = (event.get("delta") or {}).get("text")
+                    if text:
+                        pieces += 1
+                        yield TextDelta(text, pieces)
+                elif kind == "message_delta":
+                    stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                    completion = int((event.get("usage") or {}).get("output_tokens") or pieces)
+                elif kind == "message_stop":
+                    ended = True
+                    break
+                elif kind == "error":
+                    err = event.get("error") or {}
+                    overloaded = err.get("type") in ("overloaded_error", "api_error")
+                    raise UpstreamError(
+                        f"The upstream failed mid-stream ({err.get('type')}).",
+                        reason="server_error" if overloaded else "stream",
+                    )
+            if not (started and ended):
+                raise UpstreamError("The upstream's stream ended early.", reason="stream")
+            yield Finished(_finish(stop_reason, "x" if pieces else ""), prompt, completion)
+
+
+def _finish(stop_reason: Any, text: str) -> str:
+    finish = _FINISH.get(str(stop_reason), "stop")
+    if finish == "content_filter" and not text:
+        raise UpstreamError("The upstream refused the request.", reason="content_filter")
+    return finish

@@ -1,0 +1,170 @@
+"""The anthropic engine end to end: the official openai client -> inferplane -> a fake
+of Anthropic's Messages API on its own socket (the one part that cannot be real here)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.fake_anthropic import API_KEY, FakeAnthropic
+from tests.e2e.server import Server, running_server
+
+
+@dataclass
+class Setup:
+    server: Server
+    fake: FakeAnthropic
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    tmp = tmp_path_factory.mktemp("anthropic")
+    with FakeAnthropic() as fake:
+        config = tmp / "config.yaml"
+        config.write_text(
+            f"""
+models:
+  - id: claude
+    default_max_tokens: 64
+    deployments:
+      - name: fake-claude
+        engine: anthropic
+        base_url: {fake.url}
+        model: claude-test
+        api_key_env: FAKE_ANTHROPIC_KEY
+"""
+        )
+        env = {"FAKE_ANTHROPIC_KEY": API_KEY}
+        with running_server(tmp / "data", config=config, env=env) as server:
+            yield Setup(server, fake)
+
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hello there"},
+    {"role": "assistant", "content": "Hi."},
+    {"role": "user", "content": "What is two plus two"},
+]
+
+
+def test_chat_is_translated_both_ways(setup: Setup) -> None:
+    raw = setup.server.client().chat.completions.with_raw_response.create(
+        model="claude",
+        messages=MESSAGES,
+        temperature=0.5,  # type: ignore[arg-type]
+    )
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "You said: What is two plus two"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage is not None
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (
+        10,
+        7,
+    )  # the fake counts words
+    assert raw.headers["x-inferplane-deployment"] == "fake-claude"
+    assert raw.headers["x-inferplane-model-version"] == "anthropic:claude-test"
+    sent = setup.fake.requests[-1]
+    assert sent["headers"]["x-api-key"] == API_KEY
+    assert sent["headers"]["anthropic-version"] == "2023-06-01"
+    body = sent["body"]
+    assert body["system"] == "Be brief."
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["model"] == "claude-test"
+    assert body["max_tokens"] == 64  # the alias's default: the Messages API requires one
+    assert body["temperature"] == 0.5
+
+
+def test_streaming_chat_and_length_finish(setup: Setup) -> None:
+    client = setup.server.client()
+    chunks = list(
+        client.chat.completions.create(
+            model="claude",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "You said: What is two plus two"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+    assert setup.fake.requests[-1]["body"]["stream"] is True
+    short = client.chat.completions.create(
+        model="claude",
+        messages=[{"role": "user", "content": "one two three four"}],
+        max_tokens=2,
+    )
+    assert short.choices[0].message.content == "You said:"
+    assert short.choices[0].finish_reason == "length"
+
+
+def test_text_completion_becomes_one_user_turn(setup: Setup) -> None:
+    resp = setup.server.client().completions.create(model="claude", prompt="Once upon a time")
+    assert resp.choices[0].text == "You said: Once upon a time"
+    assert setup.fake.requests[-1]["body"]["messages"] == [
+        {"role": "user", "content": "Once upon a time"}
+    ]
+
+
+def test_usage_is_billed_at_the_alias_price_with_the_upstream_counts(setup: Setup) -> None:
+    with setup.server.http() as admin:
+        price = {"input_per_million": 1000, "output_per_million": 2000}
+        assert admin.put("/admin/v1/pricing/claude", json=price).status_code == 200
+        key = admin.post("/admin/v1/keys", json={"name": "billed"}).json()
+    setup.server.client(key["key"]).chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "price me"}]
+    )
+    with setup.server.http() as admin:
+        rows = admin.get(
+            "/admin/v1/usage", params={"group_by": "model,deployment", "key_id": key["id"]}
+        ).json()["data"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["model"], row["deployment"]) == ("claude", "fake-claude")
+    # The fake counted 2 input and 4 output words: 2 x 1000 + 4 x 2000 per million.
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (2, 4)
+    assert row["cost_usd"] == pytest.approx(0.01)
+
+
+def test_rate_limit_retry_after_is_honoured(setup: Setup) -> None:
+    setup.fake.fail_next.append((429, "rate_limit_error", "1"))
+    started = time.perf_counter()
+    raw = setup.server.client().chat.completions.with_raw_response.create(
+        model="claude", messages=[{"role": "user", "content": "again"}]
+    )
+    took = time.perf_counter() - started
+    assert raw.parse().choices[0].message.content == "You said: again"
+    assert raw.headers["x-inferplane-attempts"] == "2"
+    assert took >= 1.0  # waited out the upstream's Retry-After before the second attempt
+
+
+def test_overload_without_another_deployment_is_a_clean_error(setup: Setup) -> None:
+    setup.fake.fail_next.extend([(529, "overloaded_error", None)] * 4)
+    with setup.server.http() as http:
+        resp = http.post(
+            "/v1/chat/completions",
+            json={"model": "claude", "messages": [{"role": "user", "content": "x"}]},
+        )
+    left = len(setup.fake.fail_next)
+    setup.fake.fail_next.clear()
+    assert resp.status_code == 502
+    error = resp.json()["error"]
+    assert error["code"] == "upstream_error" and "injected" not in error["message"]
+    # Retried (with backoff) until the breaker opened: 3 failures in a row by default
+    # (the earlier requests' successes reset its count).
+    assert resp.headers["x-inferplane-attempts"] == "3" and left == 1
+    with setup.server.http() as http:
+        (row,) = http.get("/admin/v1/deployments").json()["data"]
+    assert row["breaker"] == "open" and row["healthy"] is False
+
+
+def test_the_provider_key_never_leaks(setup: Setup) -> None:
+    with setup.server.http() as http:
+        deployments = http.get("/admin/v1/deployments").text
+    assert API_KEY not in deployments
+    assert API_KEY not in setup.server.text()
+    assert "fake-claude" in deployments
