@@ -12,6 +12,7 @@ retry-after).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -35,6 +36,7 @@ class FakeAnthropic:
     port: int = field(default_factory=free_port)
     requests: list[dict[str, Any]] = field(default_factory=list)
     fail_next: list[tuple[int, str, str | None]] = field(default_factory=list)
+    delay_s: float = 0.0  # between streamed text deltas
 
     @property
     def url(self) -> str:
@@ -91,7 +93,8 @@ class FakeAnthropic:
                 }
             )
         return StreamingResponse(
-            _events(body["model"], words, stop, input_tokens), media_type="text/event-stream"
+            _events(body["model"], words, stop, input_tokens, self.delay_s),
+            media_type="text/event-stream",
         )
 
 
@@ -100,7 +103,9 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _events(model: str, words: list[str], stop: str, input_tokens: int) -> AsyncIterator[str]:
+async def _events(
+    model: str, words: list[str], stop: str, input_tokens: int, delay_s: float
+) -> AsyncIterator[str]:
     def event(kind: str, data: dict[str, Any]) -> str:
         return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
 
@@ -117,6 +122,7 @@ async def _events(model: str, words: list[str], stop: str, input_tokens: int) ->
     yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
     yield event("ping", {})
     for i, word in enumerate(words):
+        await asyncio.sleep(delay_s)
         text = word if i == 0 else " " + word
         yield event(
             "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}}

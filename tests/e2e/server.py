@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -57,8 +58,10 @@ class Server:
 
 def _pump(process: subprocess.Popen[str], sink: list[str]) -> None:
     assert process.stdout is not None
-    for line in process.stdout:
-        sink.append(line)
+    # The server's end closes the pipe; a closed file here means the helper is done.
+    with contextlib.suppress(ValueError, OSError):
+        for line in process.stdout:
+            sink.append(line)
 
 
 @contextmanager
@@ -90,7 +93,8 @@ def running_server(
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     server = Server(process, f"http://127.0.0.1:{port}", data_dir, admin_key)
-    threading.Thread(target=_pump, args=(process, server.output), daemon=True).start()
+    pump = threading.Thread(target=_pump, args=(process, server.output), daemon=True)
+    pump.start()
     try:
         _wait_ready(server)
         yield server
@@ -104,6 +108,7 @@ def running_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        pump.join(10)  # the pipe's EOF ends it once the process is gone
         if process.stdout is not None:
             process.stdout.close()
 

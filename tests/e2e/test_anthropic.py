@@ -3,6 +3,7 @@ of Anthropic's Messages API on its own socket (the one part that cannot be real 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,3 +169,85 @@ def test_the_provider_key_never_leaks(setup: Setup) -> None:
     assert API_KEY not in deployments
     assert API_KEY not in setup.server.text()
     assert "fake-claude" in deployments
+
+
+RUNTIME = {
+    "alias": "claude-rt",
+    "name": "rt-claude",
+    "engine": "anthropic",
+    "model": "claude-rt-model",
+    "api_key": API_KEY,
+    "tags": ["external"],
+}
+
+
+def test_deployments_are_managed_at_run_time(setup: Setup) -> None:
+    client = setup.server.client()
+    with setup.server.http() as admin:
+        created = admin.post("/admin/v1/deployments", json={**RUNTIME, "base_url": setup.fake.url})
+        assert created.status_code == 201, created.text
+        view = created.json()
+        assert (view["model"], view["name"], view["source"]) == (
+            "claude-rt",
+            "rt-claude",
+            "runtime",
+        )
+        assert API_KEY not in created.text
+        # Names are unique; config deployments are the file's; bad bodies are 400s.
+        again = admin.post("/admin/v1/deployments", json={**RUNTIME, "base_url": setup.fake.url})
+        assert again.status_code == 409
+        assert admin.delete("/admin/v1/deployments/fake-claude").status_code == 409
+        assert admin.delete("/admin/v1/deployments/nope").status_code == 404
+        bad = admin.post("/admin/v1/deployments", json={**RUNTIME, "name": "x", "base_url": 1})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "base_url"
+    resp = client.chat.completions.with_raw_response.create(
+        model="claude-rt", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert resp.headers["x-inferplane-deployment"] == "rt-claude"
+    sent = setup.fake.requests[-1]
+    assert sent["body"]["model"] == "claude-rt-model"
+    assert sent["headers"]["x-api-key"] == API_KEY  # decrypted for the upstream only
+    # At rest the key is encrypted: the store's file never holds it in clear.
+    store = b"".join(p.read_bytes() for p in setup.server.data_dir.glob("inferplane.db*"))
+    assert b"rt-claude" in store and API_KEY.encode() not in store
+    with setup.server.http() as admin:
+        patched = admin.patch("/admin/v1/deployments/rt-claude", json={"model": "claude-rt-2"})
+        assert patched.status_code == 200, patched.text
+    client.chat.completions.create(model="claude-rt", messages=[{"role": "user", "content": "x"}])
+    assert setup.fake.requests[-1]["body"]["model"] == "claude-rt-2"
+    assert setup.fake.requests[-1]["headers"]["x-api-key"] == API_KEY  # kept by the patch
+
+
+def test_removing_a_deployment_lets_its_running_stream_finish(setup: Setup) -> None:
+    setup.fake.delay_s = 0.1
+    pieces: list[str] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        for chunk in setup.server.client().chat.completions.create(
+            model="claude-rt",
+            messages=[{"role": "user", "content": "one two three four five six seven"}],
+            stream=True,
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                started.set()
+
+    runner = threading.Thread(target=stream)
+    runner.start()
+    try:
+        assert started.wait(10)
+        with setup.server.http() as admin:
+            assert admin.delete("/admin/v1/deployments/rt-claude").status_code == 204
+            names = [d["name"] for d in admin.get("/admin/v1/deployments").json()["data"]]
+        assert "rt-claude" not in names
+    finally:
+        runner.join(30)
+        setup.fake.delay_s = 0.0
+    assert "".join(pieces) == "You said: one two three four five six seven"
+    with setup.server.http() as http:
+        gone = http.post(
+            "/v1/chat/completions",
+            json={"model": "claude-rt", "messages": [{"role": "user", "content": "x"}]},
+        )
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"

@@ -165,6 +165,14 @@ def test_confidential_requests_reach_private_deployments_only(setup: Setup) -> N
     )
     assert chat.headers["x-inferplane-deployment"] == "a-90"
     assert chat.parse().choices[0].finish_reason == "stop"
+    # A key whose metadata says its data is confidential needs no header.
+    with setup.server.http() as admin:
+        key = admin.post(
+            "/admin/v1/keys", json={"name": "phi-app", "metadata": {"data_class": "confidential"}}
+        ).json()["key"]
+    keyed = setup.server.client(key, timeout=60)
+    for i in range(10):
+        assert _complete(keyed, "split", i % 2 == 0, i)[1] == "a-90"
     assert setup.b.requests_served() == b0  # B's own log: not one confidential request
 
 

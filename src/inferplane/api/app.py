@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -43,7 +44,9 @@ from inferplane.limits.redis_budgets import RedisBudgets
 from inferplane.limits.redis_limiter import RedisLimiter
 from inferplane.pipeline.admission import Admitter
 from inferplane.pipeline.service import InferenceService
-from inferplane.routing.build import build_router
+from inferplane.routing.build import RouteTable
+from inferplane.routing.secrets import SecretBox
+from inferplane.routing.store import DeploymentStore
 from inferplane.store.database import open_database, sqlite_url
 from inferplane.store.notices import ChangeNotices
 from inferplane.telemetry.alerts import BudgetAlerts
@@ -119,6 +122,8 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     limiter: Limiter = MemoryLimiter()
     shared_budgets: Budgets = budgets
     notices, client = None, None
+    # Filled once the routes exist; a change notice arriving before then has nothing to do.
+    routes_ready: list[Any] = []
     if settings.redis_url:
         client = aioredis.from_url(
             settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
@@ -135,6 +140,8 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         async def on_change() -> None:
             await asyncio.to_thread(tenancy.reload)
             await asyncio.to_thread(prices.load)
+            if routes_ready:
+                routes_ready[0].apply(await asyncio.to_thread(routes_ready[1].all))
 
         notices = ChangeNotices(client, on_change)
         await notices.start()
@@ -145,8 +152,12 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         worker = supervisor.add(spec, asset)
         models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker, metrics)
     await supervisor.start()
-    router = build_router(settings, models, metrics)
-    router.start_health_checks(settings.server.health_interval_s)
+    routes = RouteTable(settings, models, metrics)
+    box = await asyncio.to_thread(SecretBox.open, settings.data_dir, settings.secret_key)
+    deployments = DeploymentStore(engine, box)
+    routes.apply(await asyncio.to_thread(deployments.all))
+    routes.router.start_health_checks(settings.server.health_interval_s)
+    routes_ready.extend([routes, deployments])
     return Services(
         settings=settings,
         metrics=metrics,
@@ -155,8 +166,14 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         prices=prices,
         ledger=ledger,
         inference=InferenceService(
-            models, router, Admitter(limiter, shared_budgets, prices, ledger), ledger, metrics
+            models,
+            routes.router,
+            Admitter(limiter, shared_budgets, prices, ledger),
+            ledger,
+            metrics,
         ),
+        routes=routes,
+        deployments=deployments,
         notices=notices,
         redis=client,
         started_at=int(time.time()),

@@ -11,6 +11,8 @@ from inferplane.config import Settings
 from inferplane.engines.supervisor import Supervisor
 from inferplane.limits.pricing import PriceBook
 from inferplane.pipeline.service import InferenceService
+from inferplane.routing.build import RouteTable
+from inferplane.routing.store import DeploymentStore
 from inferplane.store.notices import ChangeNotices
 from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
@@ -27,6 +29,8 @@ class Services:
     supervisor: Supervisor
     inference: InferenceService
     started_at: int
+    routes: RouteTable
+    deployments: DeploymentStore
     notices: ChangeNotices | None = None
     redis: aioredis.Redis | None = None
     accepting: bool = True

@@ -9,6 +9,8 @@ Environment variables (each declared here once):
                           or postgresql[+asyncpg|+psycopg]://... shared by replicas
     INFERPLANE_REDIS_URL  redis://...: limits, budgets and change notices shared by
                           replicas (default: in memory, one replica)
+    INFERPLANE_SECRET_KEY a Fernet key encrypting provider secrets at rest (default: one
+                          generated into the data dir; give replicas the same)
 
 The YAML file given to `inferplane serve --config FILE` has the shape of `FileConfig`;
 an unknown or misspelt key stops start-up with a message naming it.
@@ -185,6 +187,7 @@ class Settings(_Strict):
     admin_key: str | None = None
     database_url: str | None = None
     redis_url: str | None = None
+    secret_key: str | None = None  # Fernet key for provider secrets at rest
     server: ServerSettings = ServerSettings()
     # Every local worker: plain local models and the local deployments of aliases.
     models: list[ModelSpec]
@@ -247,6 +250,7 @@ def load_settings(
             admin_key=env.get("INFERPLANE_ADMIN_KEY") or None,
             database_url=env.get("INFERPLANE_DATABASE_URL") or None,
             redis_url=env.get("INFERPLANE_REDIS_URL") or None,
+            secret_key=env.get("INFERPLANE_SECRET_KEY") or None,
             server=ServerSettings.model_validate(server),
             models=models,
             aliases=aliases,

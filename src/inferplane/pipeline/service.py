@@ -31,7 +31,7 @@ from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.router import Attempts, Router, attempts
-from inferplane.routing.strategies import RouteRequest
+from inferplane.routing.strategies import RouteRequest, stricter
 from inferplane.telemetry.ledger import UsageLedger, UsageRecord, now_iso
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.records import Principal
@@ -121,7 +121,7 @@ class InferenceService:
             prompt_input = _capped(prompt_input, cap)
             max_tokens = prompt_input.get("max_tokens") or alias.default_max_tokens
         route = RouteRequest(
-            data_class=route.data_class if route else None,
+            data_class=stricter(route.data_class if route else None, ctx.principal.key.data_class),
             region=route.region if route else None,
             prompt_tokens=n_prompt,
         )

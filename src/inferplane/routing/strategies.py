@@ -18,6 +18,12 @@ DATA_CLASS_TAGS: dict[str, frozenset[str]] = {
 
 
 _RNG = random.Random()
+_RANK = {name: i for i, name in enumerate(DATA_CLASS_TAGS)}
+
+
+def stricter(a: str | None, b: str | None) -> str | None:
+    """The more sensitive of two data classes (an unknown class counts as public)."""
+    return max((c for c in (a, b) if c), key=lambda c: _RANK.get(c, 0), default=None)
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,16 @@ usage_records = sa.Table(
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("cache_hit", sa.Boolean, nullable=False),
 )
+
+# Remote deployments added at run time (/admin/v1/deployments); those in the config file
+# are not stored. The provider key is kept only as a Fernet token (encrypted at rest).
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("alias", sa.String(128), nullable=False, index=True),
+    sa.Column("spec", sa.Text, nullable=False),  # the deployment's JSON, without the key
+    sa.Column("api_key_encrypted", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -31,6 +31,9 @@ class KeyRecord:
     priority: str  # "interactive" or "batch"
     expires_at: datetime | None
     budget: Budget | None = None
+    # The key's metadata `data_class` (e.g. "confidential"): every request it makes is
+    # routed as at least that sensitive, whatever its header says.
+    data_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

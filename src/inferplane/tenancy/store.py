@@ -123,6 +123,7 @@ class TenancyStore:
                     priority=k.priority,
                     expires_at=utc(k.expires_at),
                     budget=_budget(k.budget),
+                    data_class=_data_class(k.metadata),
                 )
                 principal = Principal(record, team_map.get(k.team_id) if k.team_id else None)
                 creds[k.key_hash] = Credential(principal, record.expires_at)
@@ -368,3 +369,8 @@ def spent_since(engine: sa.Engine, column: str, scope_id: str, since: datetime) 
     )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
+
+
+def _data_class(metadata: Any) -> str | None:
+    value = metadata.get("data_class") if isinstance(metadata, dict) else None
+    return value if isinstance(value, str) else None

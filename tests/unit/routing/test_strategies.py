@@ -8,7 +8,13 @@ from inferplane.engines.openai_compatible import retry_after_seconds
 from inferplane.limits.pricing import Price
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.deployments import Deployment
-from inferplane.routing.strategies import RouteRequest, allowed, by_complexity, order
+from inferplane.routing.strategies import (
+    RouteRequest,
+    allowed,
+    by_complexity,
+    order,
+    stricter,
+)
 
 
 def _dep(name: str, **routing: object) -> Deployment:
@@ -77,3 +83,11 @@ def test_retry_after_parsing() -> None:
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+
+
+def test_the_stricter_data_class_wins() -> None:
+    assert stricter("public", "confidential") == "confidential"
+    assert stricter("restricted", "confidential") == "restricted"
+    assert stricter(None, "internal") == "internal"
+    assert stricter(None, None) is None
+    assert stricter("made-up", "confidential") == "confidential"

@@ -15,5 +15,5 @@ def test_migrations_create_the_schema_and_are_idempotent(tmp_path: Path) -> None
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             tables = set(sa.inspect(conn).get_table_names())
         engine.dispose()
-    assert version == "0005"
-    assert {"api_keys", "orgs", "teams", "prices", "usage_records"} <= tables
+    assert version == "0006"
+    assert {"api_keys", "orgs", "teams", "prices", "usage_records", "deployments"} <= tables
