@@ -7,6 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
+import httpx
+
 from tests.e2e.server import Server, metric
 
 LLM = "gemma-3-270m"
@@ -180,6 +182,23 @@ def test_disconnected_streams_free_their_slots_at_once(server: Server) -> None:
     spent = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="generated")
     assert spent - generated < 8 * 300
     assert _complete(server, "1, 2, 3, 4,", max_tokens=4)  # and the model serves on
+
+
+def test_a_disconnected_non_streaming_request_frees_its_slot(server: Server) -> None:
+    generated = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="generated")
+    body = {"model": LLM, "prompt": "1, 2, 3,", "max_tokens": 1000}
+    with server.http() as http:
+        try:
+            http.post("/v1/completions", json=body, timeout=1.5)
+            raise AssertionError("1000 tokens cannot come within 1.5 s")
+        except httpx.ReadTimeout:
+            pass  # the client gives up and closes its connection
+    left = time.monotonic()
+    while metric(server, "inferplane_engine_slots_in_use", model=LLM) != 0:
+        assert time.monotonic() < left + 5
+        time.sleep(0.05)
+    spent = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="generated")
+    assert spent - generated < 300  # stopped where the client left, not at 1000
 
 
 def _org_key(server: Server, name: str) -> str:

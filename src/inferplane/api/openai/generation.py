@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -80,7 +82,43 @@ async def start(
     return Generation(events, first.prompt_tokens, ctx.model_version or "none")
 
 
-async def collect(generation: Generation) -> tuple[str, Finished]:
+async def collect(request: Request, generation: Generation) -> tuple[str, Finished]:
+    """The whole generation, for a non-streaming answer. A caller that disconnects stops
+    it: the model's slot is freed at once (as for a stream) and the request is billed
+    for what was generated, with status 499."""
+    collecting = asyncio.ensure_future(_collect(generation))
+    leaving = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not collecting.done():
+            collecting.cancel()  # its `finally` closes the generation: the worker cancels
+            with contextlib.suppress(asyncio.CancelledError):
+                await collecting
+    if collecting.cancelled():
+        raise ClientGone()
+    return collecting.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body was read already: what comes next on
+    the connection is `http.disconnect`)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class ClientGone(InferplaneError):
+    """The caller disconnected before a non-streaming answer was ready (nginx's 499)."""
+
+    status = 499
+    code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the answer was ready.")
+
+
+async def _collect(generation: Generation) -> tuple[str, Finished]:
     parts: list[str] = []
     try:
         async for event in generation.events:

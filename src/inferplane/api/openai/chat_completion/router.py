@@ -29,7 +29,7 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
         return generation.sse_response(
             gen, _chunks(completion_id, created, body.model, gen.version, body.include_usage)
         )
-    text, done = await generation.collect(gen)
+    text, done = await generation.collect(request, gen)
     return FastJSONResponse(
         {
             "id": completion_id,

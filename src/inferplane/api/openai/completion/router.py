@@ -31,7 +31,7 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
             gen,
             _chunks(completion_id, created, body.model, gen.version, body.include_usage, prefix),
         )
-    text, done = await generation.collect(gen)
+    text, done = await generation.collect(request, gen)
     return FastJSONResponse(
         {
             "id": completion_id,
