@@ -179,16 +179,23 @@ def test_confidential_requests_reach_private_deployments_only(setup: Setup) -> N
 def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
     client = setup.server.client(timeout=60)
     log: list[tuple[float, str, str | None]] = []  # (time, deployment, error)
+    started_before_kill: list[bool] = []  # per error: was its request running at the kill?
     stop = threading.Event()
+    stopping = float("inf")
 
     def traffic() -> None:
         i = 0
         while not stop.is_set():
+            began = time.monotonic()
             try:
                 _, dep = _complete(client, "failover", i % 2 == 0, i)
                 log.append((time.monotonic(), dep, None))
-            except openai.OpenAIError as exc:
+            except openai.APIStatusError as exc:  # refused before any token: never allowed
                 log.append((time.monotonic(), "", repr(exc)))
+                started_before_kill.append(False)
+            except openai.APIError as exc:  # a stream cut after its first token
+                log.append((time.monotonic(), "", repr(exc)))
+                started_before_kill.append(began < stopping)
             i += 1
 
     runners = [threading.Thread(target=traffic) for _ in range(2)]
@@ -196,6 +203,7 @@ def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
         t.start()
     try:
         time.sleep(2)
+        stopping = time.monotonic()
         setup.b.stop()
         killed = time.monotonic()
         time.sleep(6)
@@ -210,7 +218,10 @@ def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
         stop.set()
         for t in runners:
             t.join(60)
-    assert not [e for _, _, e in log if e], "client-visible errors"
+    # The only errors allowed: a stream B was serving when it died, after its first token
+    # (it ends with an error event, as designed). Every request that began later is served.
+    assert all(started_before_kill), [e for _, _, e in log if e]
+    assert len(started_before_kill) <= 2
     assert any(t < killed and dep == "b-main" for t, dep, _ in log)  # B served before
     # Within 2 s of the kill, every request went to A.
     assert all(dep == "a-main" for t, dep, _ in log if killed + 2 < t < back)

@@ -104,6 +104,7 @@ class InferenceService:
         caps = [s.limits.max_tokens for s in scopes if s.limits.max_tokens is not None]
         cap = min(caps, default=None)
         prepared: dict[str, PreparedPrompt] = {}
+        remote_input = _capped(prompt_input, cap)  # what a remote deployment is asked
         local = alias.local_llm
         if local is not None:
             # The first local deployment's tokenizer counts the prompt for admission.
@@ -118,8 +119,7 @@ class InferenceService:
                 n_prompt, max_tokens = len(prompt.tokens), prompt.max_tokens
         else:
             n_prompt = _estimate_tokens(prompt_input)
-            prompt_input = _capped(prompt_input, cap)
-            max_tokens = prompt_input.get("max_tokens") or alias.default_max_tokens
+            max_tokens = remote_input.get("max_tokens") or alias.default_max_tokens
         route = RouteRequest(
             data_class=stricter(route.data_class if route else None, ctx.principal.key.data_class),
             region=route.region if route else None,
@@ -138,7 +138,7 @@ class InferenceService:
             assert dep.remote is not None
             return dep.remote.generate(
                 ctx.endpoint,
-                _capped(prompt_input, cap),
+                remote_input,
                 sampling,
                 stream=stream,
                 prompt_estimate=n_prompt,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -151,6 +151,3 @@ def alias_from_spec(spec: AliasSpec, deployments: list[Deployment]) -> Alias:
         complexity_tokens=spec.complexity_tokens,
         default_max_tokens=spec.default_max_tokens,
     )
-
-
-BreakerFactory = Callable[[str], CircuitBreaker]

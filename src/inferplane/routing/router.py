@@ -16,7 +16,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from inferplane.errors import (
     ContextLengthExceeded,
@@ -100,7 +100,6 @@ class Attempts:
 
     count: int = 0
     served_by: tuple[Alias, Deployment] | None = None
-    tried: list[str] = field(default_factory=list)
 
 
 def _may_retry(exc: BaseException) -> bool:
@@ -142,7 +141,6 @@ async def attempts(
                 pause = min(alias.backoff_max_s, alias.backoff_base_s * 2 ** failed_here[dep.name])
                 await asyncio.sleep(min(random.uniform(0, pause), max(0.0, deadline - now)))
             state.count += 1
-            state.tried.append(dep.name)
             delivered = False
             verdict: bool | None = None
             started = time.perf_counter()
