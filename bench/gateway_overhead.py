@@ -123,10 +123,9 @@ async def _load(target: Target, stream: bool, concurrency: int, seconds: float) 
     tasks = [asyncio.create_task(conn()) for _ in range(concurrency)]
     await asyncio.sleep(max(0.0, warm_until - time.perf_counter()))
     cpu_start = _cpu_seconds(target.pid)
-    done = len(latencies)
     await asyncio.gather(*tasks)
     cpu_end = _cpu_seconds(target.pid)
-    measured = latencies[done:] if done < len(latencies) else latencies
+    measured = latencies  # only requests sent after the warm-up are recorded
     qs = statistics.quantiles(measured, n=100) if len(measured) > 1 else [measured[0]] * 99
     cpu = None
     if cpu_start is not None and cpu_end is not None:

@@ -66,7 +66,7 @@ class AnthropicEngine:
             for block in data.get("content") or []
             if block.get("type") == "text"
         )
-        finish = _finish(data.get("stop_reason"), text)
+        finish = _finish(data.get("stop_reason"), bool(text))
         usage = data.get("usage") or {}
         prompt = int(usage.get("input_tokens") or prompt_estimate)
         completion = int(usage.get("output_tokens") or 0)
@@ -150,11 +150,11 @@ class AnthropicEngine:
                     )
             if not (started and ended):
                 raise UpstreamError("The upstream's stream ended early.", reason="stream")
-            yield Finished(_finish(stop_reason, "x" if pieces else ""), prompt, completion)
+            yield Finished(_finish(stop_reason, pieces > 0), prompt, completion)
 
 
-def _finish(stop_reason: Any, text: str) -> str:
+def _finish(stop_reason: Any, any_text: bool) -> str:
     finish = _FINISH.get(str(stop_reason), "stop")
-    if finish == "content_filter" and not text:
+    if finish == "content_filter" and not any_text:
         raise UpstreamError("The upstream refused the request.", reason="content_filter")
     return finish

@@ -4,6 +4,7 @@ deployments added at run time; rebuild it when those change."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -80,9 +81,8 @@ class RouteTable:
                 dep = self._remote(spec, item.spec, key)
             kept[item.spec.name] = (fingerprint, dep)
             extra.setdefault(item.alias, []).append(dep)
-        retired = [
-            d for name, (fp, d) in self._runtime.items() if kept.get(name, ("", None))[1] is not d
-        ]
+        still = {id(dep) for _, dep in kept.values()}
+        retired = [dep for _, dep in self._runtime.values() if id(dep) not in still]
         self._runtime = kept
         aliases = dict(self._base)
         for alias_id, deps in extra.items():
@@ -91,7 +91,7 @@ class RouteTable:
                 spec = self._specs.get(alias_id) or _defaults(alias_id)
                 aliases[alias_id] = alias_from_spec(spec, deps)
             else:
-                aliases[alias_id] = _with(base, base.deployments + deps)
+                aliases[alias_id] = dataclasses.replace(base, deployments=base.deployments + deps)
         self.router.aliases = aliases  # one assignment: readers see the old or the new
         for dep in retired:
             task = asyncio.get_running_loop().create_task(_drain_and_close(dep))
@@ -125,11 +125,6 @@ class RouteTable:
 def _defaults(alias_id: str) -> AliasSpec:
     """An alias created by a runtime deployment: the default routing settings."""
     return AliasSpec.model_construct(id=alias_id, deployments=[])
-
-
-def _with(alias: Alias, deployments: list[Deployment]) -> Alias:
-    copy = Alias(**{**alias.__dict__, "deployments": deployments})
-    return copy
 
 
 def _fingerprint(item: RuntimeDeployment) -> str:
