@@ -162,7 +162,15 @@ def test_newcomers_preempt_a_decode_step_without_changing_any_output(server: Ser
 
 def test_disconnected_streams_free_their_slots_at_once(server: Server) -> None:
     generated = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="generated")
-    body = {"model": LLM, "prompt": "1, 2, 3,", "max_tokens": 1000, "stream": True}
+    # Greedy: counting runs on for 1000 tokens (sampled at the default temperature 1, a
+    # stream ended by itself after 103 to 998 tokens, which once left fewer than 8 running).
+    body = {
+        "model": LLM,
+        "prompt": "1, 2, 3,",
+        "max_tokens": 1000,
+        "stream": True,
+        "temperature": 0,
+    }
     with ExitStack() as streams:
         for _ in range(8):
             http = streams.enter_context(server.http())
@@ -186,7 +194,7 @@ def test_disconnected_streams_free_their_slots_at_once(server: Server) -> None:
 
 def test_a_disconnected_non_streaming_request_frees_its_slot(server: Server) -> None:
     generated = metric(server, "inferplane_engine_tokens_total", model=LLM, kind="generated")
-    body = {"model": LLM, "prompt": "1, 2, 3,", "max_tokens": 1000}
+    body = {"model": LLM, "prompt": "1, 2, 3,", "max_tokens": 1000, "temperature": 0}
     with server.http() as http:
         try:
             http.post("/v1/completions", json=body, timeout=1.5)

@@ -133,7 +133,7 @@ def test_budget_soft_threshold_alerts_once(custom: Server) -> None:
 
 
 def test_full_queue_is_429_with_retry_after(custom: Server) -> None:
-    body = {"model": MODEL, "messages": HI, "max_tokens": 300, "stream": True}
+    body = {"model": MODEL, "messages": HI, "max_tokens": 300, "stream": True, "temperature": 0}
     with custom.http() as http:
         lines = _stream_lines(http, body)
         next(lines)  # admitted and streaming: the queue (max_queue=1) is now full
