@@ -14,7 +14,8 @@
     ├── Unavailable                      503 (worker crashed / not ready; carries retry_after)
     └── UpstreamError                    502 upstream_error (a remote deployment failed;
                                              carries why, whether another try may help,
-                                             and the upstream's Retry-After)
+                                             and the upstream's Retry-After; by reason
+                                             400 / 429 / 504, see the class)
 
 Each class carries the data of its case; `status`, `type` and `code` map it to HTTP and to
 OpenAI's error envelope in one place (`api.errors`). Third-party errors are translated at
@@ -198,11 +199,24 @@ class RateLimited(InferplaneError):
 class UpstreamError(InferplaneError):
     """A remote deployment failed an attempt. `reason` says how: server_error, timeout,
     connection, rate_limited, context_length, content_filter, invalid (the request itself
-    was refused: no other deployment would do better), or stream (broken mid-stream)."""
+    was refused: no other deployment would do better), or stream (broken mid-stream).
+
+    When it is the request's last word, the caller gets what the reason means for them:
+    the request's own fault as 400 (code context_length_exceeded, content_filter or
+    invalid_request), 429 upstream_rate_limited with the upstream's Retry-After, 504
+    upstream_timeout, otherwise 502 upstream_error."""
 
     status = 502
     type = "server_error"
     code = "upstream_error"
+
+    _BY_REASON = {
+        "invalid": (400, "invalid_request_error", "invalid_request"),
+        "context_length": (400, "invalid_request_error", "context_length_exceeded"),
+        "content_filter": (400, "invalid_request_error", "content_filter"),
+        "rate_limited": (429, "rate_limit_error", "upstream_rate_limited"),
+        "timeout": (504, "server_error", "upstream_timeout"),
+    }
 
     def __init__(
         self,
@@ -216,6 +230,14 @@ class UpstreamError(InferplaneError):
         self.reason = reason
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        if reason in self._BY_REASON:
+            self.status, self.type, self.code = self._BY_REASON[reason]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.status == 429 and self.retry_after is not None:
+            return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
+        return {}
 
     @property
     def retryable(self) -> bool:

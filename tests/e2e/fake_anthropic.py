@@ -7,7 +7,8 @@ blocks, `stop_reason` and `usage`, or, with `"stream": true`, the event stream
 message_delta, message_stop). The reply is deterministic: "You said: <last user turn>",
 cut at `max_tokens` words (one word = one token here). Every request is kept in
 `requests` (headers and body); `fail_next` queues error answers (status, type,
-retry-after).
+retry-after); a model named in `refusing` declines every request (stop_reason
+"refusal", no text, as the API does when its safety filters stop a reply).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class FakeAnthropic:
     requests: list[dict[str, Any]] = field(default_factory=list)
     fail_next: list[tuple[int, str, str | None]] = field(default_factory=list)
     delay_s: float = 0.0  # between streamed text deltas
+    refusing: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -77,6 +79,8 @@ class FakeAnthropic:
         stop = "end_turn"
         if len(words) > body["max_tokens"]:
             words, stop = words[: body["max_tokens"]], "max_tokens"
+        if body["model"] in self.refusing:
+            words, stop = [], "refusal"
         input_tokens = sum(len(str(m["content"]).split()) for m in body["messages"])
         input_tokens += len(str(body.get("system", "")).split())
         if not body.get("stream"):
@@ -86,7 +90,7 @@ class FakeAnthropic:
                     "type": "message",
                     "role": "assistant",
                     "model": body["model"],
-                    "content": [{"type": "text", "text": " ".join(words)}],
+                    "content": [{"type": "text", "text": " ".join(words)}] if words else [],
                     "stop_reason": stop,
                     "stop_sequence": None,
                     "usage": {"input_tokens": input_tokens, "output_tokens": len(words)},

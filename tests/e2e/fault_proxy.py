@@ -44,6 +44,9 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        # asyncio holds connection handlers weakly: one whose client left while it waits
+        # out a delay would be collected mid-wait.
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -68,6 +71,11 @@ class FaultProxy:
             self._loop.run_forever()
         finally:
             server.close()
+            # Requests still held (a delay running out) end with the proxy.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(server.wait_closed())
             self._loop.close()
 
@@ -85,6 +93,10 @@ class FaultProxy:
         return "delay" if x < f.delay else "forward"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
@@ -142,5 +154,5 @@ class FaultProxy:
                 writer.transport.abort()
             up_writer.close()
             writer.close()
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
             writer.transport.abort()

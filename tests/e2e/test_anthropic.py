@@ -36,8 +36,20 @@ models:
         base_url: {fake.url}
         model: claude-test
         api_key_env: FAKE_ANTHROPIC_KEY
+  - id: guarded
+    strategy: cost  # the strict one is cheaper: always asked first
+    deployments:
+      - {{name: strict, engine: anthropic, base_url: "{fake.url}", model: claude-strict,
+         api_key_env: FAKE_ANTHROPIC_KEY, price: {{input_per_million: 1}}}}
+      - {{name: lenient, engine: anthropic, base_url: "{fake.url}", model: claude-test,
+         api_key_env: FAKE_ANTHROPIC_KEY, price: {{input_per_million: 5}}}}
+  - id: strict-only
+    deployments:
+      - {{name: strict-alone, engine: anthropic, base_url: "{fake.url}", model: claude-strict,
+         api_key_env: FAKE_ANTHROPIC_KEY}}
 """
         )
+        fake.refusing.add("claude-strict")
         env = {"FAKE_ANTHROPIC_KEY": API_KEY}
         with running_server(tmp / "data", config=config, env=env) as server:
             yield Setup(server, fake)
@@ -159,8 +171,39 @@ def test_overload_without_another_deployment_is_a_clean_error(setup: Setup) -> N
     # (the earlier requests' successes reset its count).
     assert resp.headers["x-inferplane-attempts"] == "3" and left == 1
     with setup.server.http() as http:
-        (row,) = http.get("/admin/v1/deployments").json()["data"]
+        rows = http.get("/admin/v1/deployments").json()["data"]
+    (row,) = [r for r in rows if r["name"] == "fake-claude"]
     assert row["breaker"] == "open" and row["healthy"] is False
+
+
+def test_a_refusal_fails_over_to_another_deployment(setup: Setup) -> None:
+    client = setup.server.client()
+    question = [{"role": "user", "content": "tell me"}]
+    raw = client.chat.completions.with_raw_response.create(model="guarded", messages=question)  # type: ignore[arg-type]
+    assert raw.parse().choices[0].message.content == "You said: tell me"
+    assert raw.headers["x-inferplane-deployment"] == "lenient"
+    assert raw.headers["x-inferplane-attempts"] == "2"
+    assert [r["body"]["model"] for r in setup.fake.requests[-2:]] == [
+        "claude-strict",
+        "claude-test",
+    ]
+    chunks = client.chat.completions.create(model="guarded", messages=question, stream=True)  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "You said: tell me"
+    )
+    assert setup.fake.requests[-2]["body"]["model"] == "claude-strict"
+    # With nothing else to ask, the caller gets the refusal as OpenAI states it: a 400
+    # with code content_filter; a refusal says nothing of the deployment's health.
+    with setup.server.http() as http:
+        resp = http.post(
+            "/v1/chat/completions", json={"model": "strict-only", "messages": question}
+        )
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == "content_filter"
+        assert resp.headers["x-inferplane-attempts"] == "1"
+        rows = http.get("/admin/v1/deployments").json()["data"]
+    (row,) = [r for r in rows if r["name"] == "strict-alone"]
+    assert row["breaker"] == "closed" and row["failures"] == 0
 
 
 def test_the_provider_key_never_leaks(setup: Setup) -> None:

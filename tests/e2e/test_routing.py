@@ -30,7 +30,7 @@ class Setup:
     proxy: FaultProxy
 
 
-def _remote(name: str, url: str, tags: list[str], weight: float) -> str:
+def _remote(name: str, url: str, tags: list[str], weight: float, timeout_s: float = 20) -> str:
     return f"""
       - name: {name}
         engine: openai_compatible
@@ -38,7 +38,7 @@ def _remote(name: str, url: str, tags: list[str], weight: float) -> str:
         model: gemma
         tags: [{", ".join(tags)}]
         weight: {weight}
-        timeout_s: 20"""
+        timeout_s: {timeout_s}"""
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterator
         main += _remote("b-main", b.url, ["external"], 50)
         checked = _remote("a-chk", a.url, ["private"], 50)
         checked += _remote("b-chk", b.url, ["external"], 50)
+        proxied = _remote("a-proxied", proxy.url, ["private"], 1)
+        slow = _remote("a-slow", proxy.url, ["private"], 1, timeout_s=1)
+        hurried = _remote("a-hurried", proxy.url, ["private"], 1)
         config.write_text(
             f"""
 server:
@@ -77,6 +80,28 @@ models:
     breaker_failures: 1
     breaker_cooldown_s: 300  # only the active health check can bring it back in time
     deployments:{checked}
+  - id: primary
+    fallbacks: [split]  # when every deployment here fails
+    deployments:{proxied}
+  - id: slow
+    fallbacks: [split]
+    deployments:{slow}
+  - id: hurried
+    deadline_s: 1
+    deployments:{hurried}
+  - id: long
+    strategy: cost  # the upstream (a llama.cpp server with 512 tokens of context) first
+    deployments:
+      - name: a-short
+        engine: openai_compatible
+        base_url: {a.url}
+        model: gemma
+        price: {{input_per_million: 0.1}}
+      - name: local-long
+        engine: llamacpp
+        bundled: gemma3-270m-q4-k-m
+        context_size: 2048
+        price: {{input_per_million: 1}}
 """
         )
         try:
@@ -288,3 +313,74 @@ def test_a_stream_broken_after_its_first_token_ends_with_an_error_event(setup: S
     assert tokens, events  # the first token reached the client...
     assert '"error"' in events[-2], events  # ...then the failure, as an error event
     assert events[-1] == "data: [DONE]"
+
+
+def test_a_fallback_alias_serves_when_every_deployment_fails(setup: Setup) -> None:
+    client = setup.server.client(timeout=60)
+    setup.proxy.faults = Faults(error=1.0)
+    try:
+        errors = setup.proxy.log["error"]
+        attempts = []
+        for i in range(4):
+            text, headers = _complete_headers(client, "primary", i % 2 == 0, i)
+            assert text and headers["x-inferplane-deployment"] in ("a-90", "b-10")
+            attempts.append(headers["x-inferplane-attempts"])
+    finally:
+        setup.proxy.faults = Faults()
+    # The alias's own deployment was asked first and failed each time it was asked (after
+    # 3 failures its breaker opens; the health check may half-open it again at once).
+    assert attempts[0] == "2" and set(attempts) <= {"1", "2"}
+    assert setup.proxy.log["error"] - errors == attempts.count("2")
+
+
+def test_an_attempt_past_its_timeout_moves_on(setup: Setup) -> None:
+    client = setup.server.client(timeout=60)
+    # The proxied deployment answers after 5 s; its timeout_s is 1.
+    setup.proxy.faults = Faults(delay=1.0, delay_s=5)
+    try:
+        delayed = setup.proxy.log["delay"]
+        for stream in (False, True):
+            text, headers = _complete_headers(client, "slow", stream, 3)
+            assert text and headers["x-inferplane-deployment"] in ("a-90", "b-10")
+            assert headers["x-inferplane-attempts"] == "2"
+        assert setup.proxy.log["delay"] - delayed == 2
+        # The alias's deadline bounds an attempt too: 1 s, though the deployment would
+        # wait 20 s. Nothing else can serve: a 504 saying so.
+        with setup.server.http() as http:
+            body = {"model": "hurried", "prompt": "1, 2,", "max_tokens": 2}
+            resp = http.post("/v1/completions", json=body)
+        assert resp.status_code == 504, resp.text
+        assert resp.json()["error"]["code"] == "upstream_timeout"
+    finally:
+        setup.proxy.faults = Faults()
+
+
+def test_a_prompt_too_long_for_one_deployment_goes_to_a_larger_one(setup: Setup) -> None:
+    client = setup.server.client(timeout=120)
+    short, headers = _complete_headers(client, "long", False, 1)
+    assert short and headers["x-inferplane-deployment"] == "a-short"
+    # About 700 tokens: over the upstream's 512 (it answers 400 context_length_exceeded),
+    # within the local deployment's 2048.
+    long_prompt = "one two three four five six seven " * 100
+
+    def a_short() -> dict[str, Any]:
+        with setup.server.http() as http:
+            rows = http.get("/admin/v1/deployments").json()["data"]
+        return next(r for r in rows if r["name"] == "a-short")
+
+    text, headers = _complete_headers(client, "long", False, 0, prompt=long_prompt)
+    assert text and headers["x-inferplane-deployment"] == "local-long"
+    assert headers["x-inferplane-attempts"] == "2"
+    assert a_short()["failures"] == 0  # a 400 context_length_exceeded: not its health
+    # Streamed, llama_cpp.server answers 200 and then breaks the stream off before any
+    # event (its error comes after the response head): inferplane fails over just the same.
+    text, headers = _complete_headers(client, "long", True, 0, prompt=long_prompt)
+    assert text and headers["x-inferplane-deployment"] == "local-long"
+    assert headers["x-inferplane-attempts"] == "2"
+    # Too long for every deployment: the caller gets OpenAI's error.
+    with setup.server.http() as http:
+        body = {"model": "long", "prompt": long_prompt * 4, "max_tokens": 2}
+        resp = http.post("/v1/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
+    assert a_short()["breaker"] == "closed"

@@ -45,6 +45,8 @@ class RemoteDeployment(Routing):
     model: Annotated[str, Field(min_length=1)]  # the upstream's model name
     # The API key is read from this environment variable at start-up; never from the file.
     api_key_env: str | None = None
+    # Per attempt: the longest wait for the first token (for a non-streaming call, for the
+    # whole answer), and for each later piece of a stream. Past it, the next deployment.
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     context_size: Annotated[int, Field(ge=16)] | None = None
@@ -80,7 +82,8 @@ class AliasSpec(_Strict):
         ],
         Field(min_length=1),
     ]
-    # Attempts in all (first try, retries and fallbacks) and the whole request's deadline.
+    # Attempts in all (first try, retries and fallbacks), and the deadline for the first
+    # token over all of them (an attempt still waiting at the deadline is abandoned).
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     deadline_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     # Retry backoff: base * 2^n with full jitter, capped; an upstream's Retry-After wins.

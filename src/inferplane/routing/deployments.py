@@ -71,6 +71,12 @@ class Deployment:
         price = self.routing.price
         return price.input_per_million + price.output_per_million if price else 0.0
 
+    @property
+    def timeout_s(self) -> float | None:
+        """An attempt's longest wait for its first token (remote deployments; a local
+        one's wait is bounded by its queue and the alias deadline)."""
+        return self.remote.spec.timeout_s if self.remote is not None else None
+
     def ready(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         return now >= self.not_before and self.breaker.available()

@@ -115,6 +115,26 @@ def _counts_against(exc: BaseException) -> bool:
     return isinstance(exc, Unavailable)
 
 
+def _only_elsewhere(exc: BaseException) -> bool:
+    """Whether only another deployment can serve the request (too long here, refused)."""
+    if isinstance(exc, UpstreamError):
+        return exc.retryable and not exc.same_deployment_may_succeed
+    return isinstance(exc, ContextLengthExceeded)
+
+
+async def _first(
+    stream: AsyncIterator[GenerationEvent], until: float, dep: Deployment
+) -> GenerationEvent:
+    """The stream's next event, before the monotonic time `until`."""
+    try:
+        async with asyncio.timeout(max(0.0, until - time.monotonic())):
+            return await anext(stream)
+    except TimeoutError:
+        raise UpstreamError(
+            f"Deployment '{dep.name}' gave no answer in time.", reason="timeout"
+        ) from None
+
+
 async def attempts(
     alias: Alias,
     plan: list[tuple[Alias, Deployment]],
@@ -127,13 +147,15 @@ async def attempts(
     deadline = time.monotonic() + alias.deadline_s
     last: InferplaneError | None = None
     failed_here: dict[str, int] = {}
+    # Deployments that cannot serve this request at all (too long for them, refused).
+    excluded: set[str] = set()
     while state.count < alias.max_attempts and plan:
         progressed = False
         for owner, dep in plan:
             now = time.monotonic()
             if state.count >= alias.max_attempts or now >= deadline:
                 break
-            if dep.not_before > now or not dep.breaker.allow():
+            if dep.name in excluded or dep.not_before > now or not dep.breaker.allow():
                 continue
             progressed = True
             if failed_here.get(dep.name):
@@ -147,9 +169,18 @@ async def attempts(
             ttft: float | None = None
             dep.in_flight += 1
             stream = run(owner, dep)
+            # The first token must come by the attempt's timeout and the request's deadline.
+            until = min(deadline, now + (dep.timeout_s or deadline))
             try:
                 held: Started | None = None
-                async for event in stream:
+                while True:
+                    try:
+                        if delivered:
+                            event = await anext(stream)
+                        else:
+                            event = await _first(stream, until, dep)
+                    except StopAsyncIteration:
+                        break
                     if not delivered:
                         if isinstance(event, Started):
                             held = event
@@ -172,6 +203,8 @@ async def attempts(
                 last = exc
                 verdict = False if _counts_against(exc) else None
                 failed_here[dep.name] = failed_here.get(dep.name, 0) + 1
+                if _only_elsewhere(exc):
+                    excluded.add(dep.name)
                 retry_after = getattr(exc, "retry_after", None)
                 if isinstance(exc, UpstreamError) and retry_after:
                     dep.not_before = time.monotonic() + retry_after
