@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from inferplane import __version__
 from inferplane.api import health
@@ -26,6 +27,7 @@ from inferplane.api.admin import keys as admin_keys
 from inferplane.api.admin import orgs as admin_orgs
 from inferplane.api.admin import usage as admin_usage
 from inferplane.api.admin import workers as admin_workers
+from inferplane.api.data_plane import DataPlane
 from inferplane.api.errors import install_error_handlers
 from inferplane.api.middleware import GatewayMiddleware
 from inferplane.api.openai.chat_completion.router import router as chat_router
@@ -58,7 +60,7 @@ from inferplane.tenancy.store import TenancyStore
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ASGIApp:
     metrics = Metrics()
 
     @asynccontextmanager
@@ -93,10 +95,11 @@ def create_app(settings: Settings) -> FastAPI:
         health.router,
     ):
         app.include_router(router)
-    app.add_middleware(
-        GatewayMiddleware, metrics=metrics, max_body_bytes=settings.server.max_body_bytes
+    # The gateway middleware sees every request; the data plane's hot routes skip
+    # FastAPI's own stack (see `data_plane`).
+    return GatewayMiddleware(
+        DataPlane(app), metrics=metrics, max_body_bytes=settings.server.max_body_bytes
     )
-    return app
 
 
 async def _open(settings: Settings, metrics: Metrics) -> Services:

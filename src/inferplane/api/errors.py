@@ -63,26 +63,21 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise validation_error(exc) from None
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_inferplane(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, InferplaneError)
+def response_for(request: Request, exc: Exception) -> JSONResponse:
+    """The OpenAI-style answer to any exception a route raised."""
+    if isinstance(exc, InferplaneError):
         if exc.status >= 500:
             log.warning("request %s: %s", _rid(request), exc.message)
         return error_response(exc)
-
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+    if isinstance(exc, RequestValidationError):
         return error_response(validation_error(exc))
-
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, StarletteHTTPException):
         err = InferplaneError(str(exc.detail))
         err.status = exc.status_code
         err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(err.body(), status_code=exc.status_code)
-
-    async def on_store(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DBAPIError):
         log.warning("request %s: store unavailable: %s", _rid(request), type(exc).__name__)
         return error_response(
             Unavailable(
@@ -91,19 +86,21 @@ def install_error_handlers(app: FastAPI) -> None:
                 code="store_unavailable",
             )
         )
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request %s failed", _rid(request))
-        err = InferplaneError(
+    log.exception("request %s failed", _rid(request), exc_info=exc)
+    return error_response(
+        InferplaneError(
             f"The server had an error while processing your request (request id {_rid(request)})."
         )
-        return error_response(err)
+    )
 
-    app.add_exception_handler(InferplaneError, on_inferplane)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(DBAPIError, on_store)
-    app.add_exception_handler(Exception, on_unexpected)
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return response_for(request, exc)
+
+    for kind in (InferplaneError, RequestValidationError, StarletteHTTPException, DBAPIError):
+        app.add_exception_handler(kind, handle)
+    app.add_exception_handler(Exception, handle)
 
 
 def _rid(request: Request) -> str:

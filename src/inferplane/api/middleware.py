@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferplane.errors import PayloadTooLarge
+from inferplane.telemetry.ids import unique_id
 from inferplane.telemetry.metrics import Metrics
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -38,7 +38,7 @@ class GatewayMiddleware:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         sent_id = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = sent_id if _SANE_ID.match(sent_id) else "req_" + uuid.uuid4().hex
+        request_id = sent_id if _SANE_ID.match(sent_id) else "req_" + unique_id()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500

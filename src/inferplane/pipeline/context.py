@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
+from inferplane.telemetry.ids import unique_id
 from inferplane.tenancy.records import Principal
 
 
@@ -20,7 +20,7 @@ class RequestContext:
     # time.monotonic() by which the request must have left the model's queue.
     deadline: float | None = None
     # The ledger's key: unique per request even when callers reuse their x-request-id.
-    ledger_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ledger_id: str = field(default_factory=unique_id)
     # x-ratelimit-* headers of the admission, for the response.
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     # Set by routing once an attempt delivers: where and what served the request.

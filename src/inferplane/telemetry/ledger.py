@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,10 +56,16 @@ class UsageRecord:
     status: int
     cache_hit: bool = False
 
-    def row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["created_at"] = datetime.fromisoformat(self.created_at)
+    @staticmethod
+    def row_from_json(line: bytes) -> dict[str, Any]:
+        """A journal line as a store row; ValueError/TypeError where it is not a record."""
+        rec = UsageRecord(**orjson.loads(line))
+        row = {name: getattr(rec, name) for name in _FIELDS}
+        row["created_at"] = datetime.fromisoformat(rec.created_at)
         return row
+
+
+_FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 
 class UsageLedger:
@@ -159,7 +164,7 @@ class UsageLedger:
         for line in segment.read_bytes().splitlines():
             if line.strip():
                 try:
-                    rows.append(UsageRecord(**json.loads(line)).row())
+                    rows.append(UsageRecord.row_from_json(line))
                 except (ValueError, TypeError):
                     # A line torn by a crash mid-write was never answered: skip it.
                     log.warning("usage ledger: skipping a torn line in %s", segment.name)

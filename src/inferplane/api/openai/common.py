@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from inferplane.api.services import services
 from inferplane.engines.local import LocalModel
 from inferplane.errors import InvalidRequest
+from inferplane.telemetry.ids import unique_id
 
 
 class _Request(BaseModel):
@@ -92,7 +92,7 @@ def queue_deadline(request: Request) -> float:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+    return f"{prefix}-{unique_id()}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
