@@ -232,6 +232,7 @@ def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
         setup.b.stop()
         killed = time.monotonic()
         time.sleep(6)
+        restarting = time.monotonic()  # B may serve before its start() returns
         setup.b.start()
         back = time.monotonic()
         deadline = back + 30
@@ -249,8 +250,11 @@ def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
     assert len(started_before_kill) <= 2
     assert any(t < killed and dep == "b-main" for t, dep, _ in log)  # B served before
     # Within 2 s of the kill, every request went to A.
-    assert all(dep == "a-main" for t, dep, _ in log if killed + 2 < t < back)
-    assert len([1 for t, _, _ in log if killed + 2 < t < back]) >= 5
+    elsewhere = [
+        (t - killed, dep, e) for t, dep, e in log if killed + 2 < t < restarting and dep != "a-main"
+    ]
+    assert not elsewhere, elsewhere
+    assert len([1 for t, _, _ in log if killed + 2 < t < restarting]) >= 5
     # After B came back, a half-open probe found it and traffic returned.
     assert any(t > back and dep == "b-main" for t, dep, _ in log)
 
