@@ -97,6 +97,7 @@ class FaultProxy:
         if task is not None:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
+        up_writer: asyncio.StreamWriter | None = None
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
@@ -156,3 +157,5 @@ class FaultProxy:
             writer.close()
         except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
             writer.transport.abort()
+            if up_writer is not None:
+                up_writer.transport.abort()

@@ -51,7 +51,7 @@ class _Connection(asyncio.Protocol):
         """Forget the last answer: the next request is about to be sent."""
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.head_done = self.complete = self.received = False
+        self.head_done = self.complete = self.received = self.keep_alive = False
         self.error: BaseException | None = None
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -67,7 +67,7 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def reusable(self) -> bool:
-        return self.complete and not self.closed and self._parser.should_keep_alive()
+        return self.complete and self.keep_alive and not self.closed
 
     async def wait(self, timeout: float) -> None:
         """Until something arrives (the head, body, the end, a failure); TimeoutError
@@ -137,6 +137,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        # Asked now: llhttp's answer is about the message it has just finished.
+        self.keep_alive = self._parser.should_keep_alive()
         self.complete = True
         self._wake()
 

@@ -1,0 +1,149 @@
+"""The remote deployments' HTTP client against a small server on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from inferplane.config.routes import RemoteDeployment
+from inferplane.engines.upstream_http import UpstreamHTTP
+from inferplane.errors import UpstreamError
+
+BODY = b'{"ok": true}'
+
+
+class Server:
+    """Answers each request with BODY (or a chunked SSE stream for "stream" bodies);
+    with `close_after`, closes every connection after that many answers."""
+
+    def __init__(self, close_after: int | None = None):
+        self.connections = 0
+        self.close_after = close_after
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        answered = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(h.split(b":")[1])
+                        for h in head.split(b"\r\n")
+                        if h.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                body = await reader.readexactly(length)
+                if b"stream" in body:
+                    events = b"".join(b"data: %d\n\n" % i for i in range(3)) + b"data: [DONE]\n\n"
+                    chunk = b"%x\r\n%s\r\n" % (len(events), events)
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                        + chunk
+                        + b"0\r\n\r\n"
+                    )
+                else:
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BODY) + BODY
+                    )
+                await writer.drain()
+                answered += 1
+                if self.close_after is not None and answered >= self.close_after:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def _client(port: int, **kw: object) -> UpstreamHTTP:
+    spec = RemoteDeployment(
+        name="t",
+        engine="openai_compatible",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        model="m",
+        **kw,
+    )
+    return UpstreamHTTP(spec, {"authorization": "Bearer x"})
+
+
+def test_connections_are_kept_alive_and_reused() -> None:
+    asyncio.run(_connections_are_kept_alive_and_reused())
+
+
+async def _connections_are_kept_alive_and_reused() -> None:
+    async with Server() as server:
+        http = _client(server.port)
+        for _ in range(5):
+            assert await http.post("chat/completions", {"x": 1}) == (
+                200,
+                {"content-length": "12"},
+                BODY,
+            )
+        async with http.stream("chat/completions", {"stream": True}) as (status, _, lines):
+            got = [line async for line in lines if line]
+        assert status == 200 and got == [b"data: 0", b"data: 1", b"data: 2", b"data: [DONE]"]
+        assert await http.post("chat/completions", {"x": 1}) == (
+            200,
+            {"content-length": "12"},
+            BODY,
+        )
+        assert server.connections == 1
+        await http.aclose()
+
+
+def test_a_connection_closed_while_pooled_is_retried_on_a_fresh_one() -> None:
+    asyncio.run(_a_connection_closed_while_pooled_is_retried_on_a_fresh_one())
+
+
+async def _a_connection_closed_while_pooled_is_retried_on_a_fresh_one() -> None:
+    async with Server(close_after=1) as server:
+        http = _client(server.port)
+        for _ in range(3):
+            status, _, body = await http.post("chat/completions", {"x": 1})
+            assert (status, body) == (200, BODY)
+            await asyncio.sleep(0.05)  # the server's close arrives while it sits idle
+        assert server.connections == 3
+        await http.aclose()
+
+
+def test_silence_past_the_read_timeout_and_refused_connections_fail_cleanly() -> None:
+    asyncio.run(_silence_past_the_read_timeout_and_refused_connections_fail_cleanly())
+
+
+async def _silence_past_the_read_timeout_and_refused_connections_fail_cleanly() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(1)
+            await asyncio.sleep(0.5)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    with pytest.raises(UpstreamError) as slow:
+        await _client(port, timeout_s=0.2).post("chat/completions", {"x": 1})
+    assert slow.value.reason == "timeout"
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0.6)  # the silent handler finishes
+    with pytest.raises(UpstreamError) as refused:
+        await _client(port).post("chat/completions", {"x": 1})
+    assert refused.value.reason == "connection"
