@@ -236,7 +236,7 @@ class UpstreamError(InferplaneError):
     @property
     def headers(self) -> dict[str, str]:
         if self.status == 429 and self.retry_after is not None:
-            return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
+            return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
         return {}
 
     @property

@@ -170,7 +170,9 @@ async def attempts(
             dep.in_flight += 1
             stream = run(owner, dep)
             # The first token must come by the attempt's timeout and the request's deadline.
-            until = min(deadline, now + (dep.timeout_s or deadline))
+            until = deadline
+            if dep.timeout_s is not None:
+                until = min(deadline, time.monotonic() + dep.timeout_s)
             try:
                 held: Started | None = None
                 while True:
