@@ -12,6 +12,14 @@ The gateway process is pinned to CPU 0; the load generator and upstream run on C
 Reported per level: requests/s, added latency p50/p99 (target minus direct), and the
 gateway's CPU-ms per request (its /proc utime + stime over the level); and its memory.
 
+A closed loop at 16 or 128 clients keeps the gateway's core saturated, so its latency
+there is queueing (Little's law: clients / requests/s), not what the gateway adds to a
+request. The added latency under load is therefore also measured open loop ("paced"):
+16 keep-alive connections, Poisson arrivals at a fixed rate, each request timed from
+its scheduled arrival (so waiting for a free connection counts); the rates are a light
+20 req/s and half of inferplane's own closed-loop peak at 16 clients, and each target is
+compared with the upstream called directly at the same rate.
+
     .venv/bin/python bench/gateway_overhead.py [--seconds 8] [--litellm-bin /venv/bin]
 """
 
@@ -21,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -40,6 +49,8 @@ from bench.machine import describe  # noqa: E402
 from tests.e2e.server import free_port, running_server  # noqa: E402
 
 LEVELS = (1, 16, 128)
+PACED_CONNECTIONS = 16
+LIGHT_RATE = 20.0
 GATEWAY_CPU, CLIENT_CPU = {0}, {1}
 
 
@@ -131,6 +142,42 @@ async def _load(target: Target, stream: bool, concurrency: int, seconds: float) 
     if cpu_start is not None and cpu_end is not None:
         cpu = (cpu_end - cpu_start) * 1000 / max(1, len(measured))
     return Result(len(measured) / seconds, qs[49] * 1000, qs[98] * 1000, cpu, errors)
+
+
+async def _paced(target: Target, stream: bool, rate: float, seconds: float) -> Result:
+    """Open loop: Poisson arrivals at `rate` over 16 connections, latency from arrival."""
+    request = _request(target, stream)
+    due: asyncio.Queue[float | None] = asyncio.Queue()
+    latencies: list[float] = []
+    errors = 0
+    arrivals = random.Random(16)
+
+    async def conn() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+        try:
+            while (at := await due.get()) is not None:
+                writer.write(request)
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - at)
+                errors += status != 200
+        finally:
+            writer.close()
+
+    tasks = [asyncio.create_task(conn()) for _ in range(PACED_CONNECTIONS)]
+    at = time.perf_counter() + 0.2
+    end = at + seconds
+    while at < end:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        due.put_nowait(at)
+        at += arrivals.expovariate(rate)
+    for _ in tasks:
+        due.put_nowait(None)
+    started = end - seconds
+    await asyncio.gather(*tasks)
+    finished = time.perf_counter()
+    qs = statistics.quantiles(latencies, n=100)
+    return Result(len(latencies) / (finished - started), qs[49] * 1000, qs[98] * 1000, None, errors)
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
@@ -243,14 +290,25 @@ def main() -> None:
                     procs.append(proc)
                     targets.append(target)
                 results: dict[tuple[str, bool, int], Result] = {}
+                paced: dict[tuple[str, bool, float], Result] = {}
                 for stream in (False, True):
                     for level in LEVELS:
                         for target in targets:
                             results[target.name, stream, level] = uvloop.run(
                                 _load(target, stream, level, args.seconds)
                             )
+                    half = round(results["inferplane", stream, 16].rps / 2, -1)
+                    for rate in (LIGHT_RATE, half):
+                        for target in targets:
+                            peak = max(results[target.name, stream, lv].rps for lv in LEVELS)
+                            if peak < rate * 1.1:
+                                continue  # over its capacity: the queue would only grow
+                            paced[target.name, stream, rate] = uvloop.run(
+                                _paced(target, stream, rate, args.seconds)
+                            )
                 memory = {t.name: _rss_mb(t.pid) for t in targets if t.pid is not None}
         _report(targets, results, memory, args.seconds)
+        _report_paced(targets, paced, args.seconds)
     finally:
         for proc in procs:
             proc.terminate()
@@ -302,6 +360,38 @@ def _report(
                 f"  {mode}: {ours / theirs:.1f}x LiteLLM's requests/s (aim >= 20x); "
                 f"CPU per request {less:.1f}x less"
             )
+
+
+def _report_paced(
+    targets: list[Target], paced: dict[tuple[str, bool, float], Result], seconds: float
+) -> None:
+    print(
+        f"paced (open loop): {PACED_CONNECTIONS} connections, Poisson arrivals, {seconds:.0f} s "
+        "per rate; latency from the scheduled arrival; added = target minus direct at the "
+        "same rate"
+    )
+    for stream in (False, True):
+        print("streaming (~20 SSE events)" if stream else "non-streaming")
+        print(
+            f"  {'target':<11} {'rate/s':>6} {'done/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'added p50':>9} {'added p99':>9} {'errors':>6}"
+        )
+        for rate in sorted({r for _, st, r in paced if st == stream}):
+            base = paced["direct", stream, rate]
+            for t in targets:
+                if (t.name, stream, rate) not in paced:
+                    print(f"  {t.name:<11} {rate:6.0f}  over its closed-loop capacity: not run")
+                    continue
+                r = paced[t.name, stream, rate]
+                added = (
+                    ""
+                    if t.pid is None
+                    else f"{r.p50_ms - base.p50_ms:9.2f} {r.p99_ms - base.p99_ms:9.2f}"
+                )
+                print(
+                    f"  {t.name:<11} {rate:6.0f} {r.rps:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
+                    f"{added:>19} {r.errors:>6}"
+                )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ fault-injecting proxy, called with the official openai client."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -388,3 +389,110 @@ def test_a_prompt_too_long_for_one_deployment_goes_to_a_larger_one(setup: Setup)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] == "context_length_exceeded"
     assert a_short()["breaker"] == "closed"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_local_deployment_is_managed_at_run_time(setup: Setup, tmp_path: Path) -> None:
+    body = {
+        "alias": "rt-local",
+        "name": "rt-gemma",
+        "engine": "llamacpp",
+        "bundled": "gemma3-270m-q4-k-m",
+        "context_size": 1024,
+        "tags": ["private"],
+    }
+    not_gguf = tmp_path / "not.gguf"
+    not_gguf.write_text("not a model")
+
+    def workers(admin: httpx.Client) -> dict[str, int]:
+        rows = admin.get("/admin/v1/workers").json()["data"]
+        return {r["model"]: r["pid"] for r in rows if r["model"].startswith("rt-")}
+
+    with setup.server.http() as admin:
+        missing = {**body, "bundled": None, "path": str(tmp_path / "missing.gguf")}
+        bad = admin.post("/admin/v1/deployments", json=missing)
+        assert bad.status_code == 400 and "not a GGUF file" in bad.json()["error"]["message"]
+        # A file that is not a model: its worker fails to load; nothing is kept.
+        broken = admin.post(
+            "/admin/v1/deployments", json={**body, "bundled": None, "path": str(not_gguf)}
+        )
+        assert broken.status_code == 400, broken.text
+        assert broken.json()["error"]["code"] == "deployment_start_failed"
+        assert workers(admin) == {}
+        assert admin.patch("/admin/v1/deployments/rt-gemma", json={}).status_code == 404
+
+        created = admin.post("/admin/v1/deployments", json=body)
+        assert created.status_code == 201, created.text
+        row = created.json()
+        assert (row["model"], row["engine"], row["source"]) == ("rt-local", "llamacpp", "runtime")
+        rows = admin.get("/admin/v1/deployments").json()["data"]
+        long = next(r for r in rows if r["name"] == "local-long")  # the same bundled weights
+        assert row["model_version"] == long["model_version"]
+        first = workers(admin)["rt-gemma"]
+        assert _pid_alive(first)
+
+    client = setup.server.client(timeout=60)
+    text, dep = _complete(client, "rt-local", False, 1)
+    assert dep == "rt-gemma" and text
+    headers = {"x-inferplane-data-class": "confidential"}
+    assert _complete(client, "rt-local", True, 2, extra_headers=headers)[1] == "rt-gemma"
+
+    with setup.server.http() as admin:
+        # Routing attributes alone: the same worker goes on serving.
+        reweighted = admin.patch("/admin/v1/deployments/rt-gemma", json={"weight": 5})
+        assert reweighted.status_code == 200 and reweighted.json()["weight"] == 5
+        assert workers(admin) == {"rt-gemma": first}
+        # The worker's own settings: a new worker starts, then the old one stops.
+        resized = admin.patch("/admin/v1/deployments/rt-gemma", json={"context_size": 2048})
+        assert resized.status_code == 200, resized.text
+        assert _wait_gone(first)
+        second = workers(admin)["rt-gemma"]
+        assert second != first
+    assert _complete(client, "rt-local", False, 3)[1] == "rt-gemma"
+
+    # Removed while a stream runs on it: the stream finishes, then the worker stops.
+    pieces: list[str] = []
+    finish: list[str | None] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        for chunk in client.completions.create(
+            model="rt-local", prompt="1, 2, 3,", max_tokens=60, temperature=0, stream=True
+        ):
+            if chunk.choices:
+                pieces.append(chunk.choices[0].text)
+                finish.append(chunk.choices[0].finish_reason)
+                started.set()
+
+    runner = threading.Thread(target=stream)
+    runner.start()
+    try:
+        assert started.wait(30)
+        with setup.server.http() as admin:
+            assert admin.delete("/admin/v1/deployments/rt-gemma").status_code == 204
+            names = [d["name"] for d in admin.get("/admin/v1/deployments").json()["data"]]
+            assert "rt-gemma" not in names
+    finally:
+        runner.join(60)
+    assert finish[-1] == "length" and len(pieces) >= 30, (finish[-3:], len(pieces))
+    assert _wait_gone(second)
+    with setup.server.http() as admin:
+        assert workers(admin) == {}
+    with pytest.raises(openai.NotFoundError):
+        _complete(client, "rt-local", False, 4)

@@ -144,7 +144,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
             await asyncio.to_thread(tenancy.reload)
             await asyncio.to_thread(prices.load)
             if routes_ready:
-                routes_ready[0].apply(await asyncio.to_thread(routes_ready[1].all))
+                await routes_ready[0].apply(await asyncio.to_thread(routes_ready[1].all))
 
         notices = ChangeNotices(client, on_change)
         await notices.start()
@@ -155,10 +155,10 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         worker = supervisor.add(spec, asset)
         models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker, metrics)
     await supervisor.start()
-    routes = RouteTable(settings, models, metrics)
+    routes = RouteTable(settings, models, metrics, supervisor)
     box = await asyncio.to_thread(SecretBox.open, settings.data_dir, settings.secret_key)
     deployments = DeploymentStore(engine, box)
-    routes.apply(await asyncio.to_thread(deployments.all))
+    await routes.apply(await asyncio.to_thread(deployments.all))
     routes.router.start_health_checks(settings.server.health_interval_s)
     routes_ready.extend([routes, deployments])
     return Services(

@@ -203,14 +203,38 @@ class Supervisor:
         self._metrics = metrics
         self._socket_dir = Path(tempfile.mkdtemp(prefix="inferplane-"))
         self.workers: dict[str, ManagedWorker] = {}
+        self._spawned = 0  # socket names are never reused
 
     def add(self, spec: ModelSpec, asset: ModelAsset) -> ManagedWorker:
-        index = len(self.workers)
+        """A worker for this model, started with the others by `start`."""
+        key, n = spec.id, 1
+        while key in self.workers:  # a replacement starting beside the worker it replaces
+            n += 1
+            key = f"{spec.id}~{n}"
+        self._spawned += 1
         worker = ManagedWorker(
-            spec, asset, self._socket_dir / f"w{index}.sock", self._server, self._metrics
+            spec, asset, self._socket_dir / f"w{self._spawned}.sock", self._server, self._metrics
         )
-        self.workers[spec.id] = worker
+        self.workers[key] = worker
         return worker
+
+    async def start_one(self, spec: ModelSpec, asset: ModelAsset) -> ManagedWorker:
+        """Add and start a worker while serving (a deployment added or changed at run
+        time: the worker it replaces keeps serving its in-flight requests meanwhile)."""
+        worker = self.add(spec, asset)
+        try:
+            await worker.start()
+        except BaseException:
+            await self.remove(worker)
+            raise
+        return worker
+
+    async def remove(self, worker: ManagedWorker) -> None:
+        """Stop one worker and forget it."""
+        for key, held in list(self.workers.items()):
+            if held is worker:
+                del self.workers[key]
+        await worker.stop()
 
     async def start(self) -> None:
         """Start every worker concurrently; any that fails to load stops start-up."""

@@ -8,12 +8,16 @@ import dataclasses
 import hashlib
 import logging
 import os
+from collections.abc import Coroutine
+from typing import Any
 
-from inferplane.config import Settings
-from inferplane.config.routes import AliasSpec, RemoteDeployment
+from inferplane.config import ModelSpec, Settings
+from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing
 from inferplane.engines.anthropic import AnthropicEngine
-from inferplane.engines.local import LocalModel
+from inferplane.engines.assets import AssetError, provision
+from inferplane.engines.local import LocalModel, load_local_model
 from inferplane.engines.openai_compatible import OpenAICompatibleEngine
+from inferplane.engines.supervisor import ManagedWorker, Supervisor, WorkerStartError
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.deployments import Alias, Deployment, RemoteEngine, alias_from_spec
 from inferplane.routing.router import Router
@@ -32,9 +36,12 @@ class RouteTable:
         settings: Settings,
         models: dict[str, LocalModel],
         metrics: Metrics,
+        supervisor: Supervisor,
         env: dict[str, str] | None = None,
     ):
         self._metrics = metrics
+        self._supervisor = supervisor
+        self._data_dir = settings.data_dir
         self._env = dict(os.environ) if env is None else env
         self._specs = {a.id: a for a in settings.aliases}
         self._base: dict[str, Alias] = {}
@@ -59,31 +66,55 @@ class RouteTable:
             self._base[spec.id] = alias_from_spec(spec, deployments)
         self.configured = {d.name for a in self._base.values() for d in a.deployments}
         self._runtime: dict[str, tuple[str, Deployment]] = {}  # name -> (fingerprint, dep)
+        # Runtime local deployments' workers: name -> (worker fingerprint, model).
+        self._workers: dict[str, tuple[str, LocalModel]] = {}
         self._draining: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
         self.router = Router(dict(self._base))
 
-    def apply(self, runtime: list[RuntimeDeployment]) -> None:
+    async def apply(self, runtime: list[RuntimeDeployment]) -> dict[str, str]:
         """Swap in the aliases with these runtime deployments. Requests in flight keep
-        the deployments they were planned with; a removed or changed one is closed once
-        its last request ends."""
+        the deployments they were planned with; a removed or changed one is closed (a
+        local one's worker stopped) once its last request ends. A new local deployment's
+        worker is started before the swap; one that fails to start is left out, and its
+        name maps to the reason in the result."""
+        async with self._lock:
+            return await self._apply(runtime)
+
+    async def _apply(self, runtime: list[RuntimeDeployment]) -> dict[str, str]:
         kept: dict[str, tuple[str, Deployment]] = {}
+        workers: dict[str, tuple[str, LocalModel]] = {}
         extra: dict[str, list[Deployment]] = {}
+        failed: dict[str, str] = {}
         for item in runtime:
             fingerprint = _fingerprint(item)
-            old = self._runtime.get(item.spec.name)
+            old = self._runtime.get(item.name)
+            spec = self._specs.get(item.alias) or _defaults(item.alias)
             if old is not None and old[0] == fingerprint:
                 dep = old[1]
-            else:
-                spec = self._specs.get(item.alias) or _defaults(item.alias)
+            elif isinstance(item.spec, RemoteDeployment):
                 key = item.api_key
                 if key is None and item.spec.api_key_env:
                     key = self._env.get(item.spec.api_key_env)
                 dep = self._remote(spec, item.spec, key)
-            kept[item.spec.name] = (fingerprint, dep)
+            else:
+                try:
+                    local = await self._worker_for(item.spec)
+                except WorkerStartError as exc:
+                    log.error("deployment %s is left out: %s", item.name, exc)
+                    failed[item.name] = str(exc)
+                    continue
+                cut = self._breaker(item.name, spec.breaker_failures, spec.breaker_cooldown_s)
+                dep = Deployment(item.name, item.spec, cut, local=local)
+            if dep.local is not None:
+                workers[item.name] = (_worker_fingerprint(dep.local.spec), dep.local)
+            kept[item.name] = (fingerprint, dep)
             extra.setdefault(item.alias, []).append(dep)
         still = {id(dep) for _, dep in kept.values()}
         retired = [dep for _, dep in self._runtime.values() if id(dep) not in still]
-        self._runtime = kept
+        running = {id(local) for _, local in workers.values()}
+        stopped = [m for _, m in self._workers.values() if id(m) not in running]
+        self._runtime, self._workers = kept, workers
         aliases = dict(self._base)
         for alias_id, deps in extra.items():
             base = aliases.get(alias_id)
@@ -94,9 +125,33 @@ class RouteTable:
                 aliases[alias_id] = dataclasses.replace(base, deployments=base.deployments + deps)
         self.router.aliases = aliases  # one assignment: readers see the old or the new
         for dep in retired:
-            task = asyncio.get_running_loop().create_task(_drain_and_close(dep))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            # A local deployment whose worker lives on (only its routing changed) is not
+            # stopped: its replacement holds the same worker.
+            worker = dep.local.worker if dep.local is not None and dep.local in stopped else None
+            self._background(_drain_and_close(dep, worker, self._supervisor))
+        return failed
+
+    async def _worker_for(self, spec: ModelSpec) -> LocalModel:
+        """The running worker for this local deployment spec, or a new one when the
+        worker's own settings changed (routing attributes alone reuse it)."""
+        have = self._workers.get(spec.id)
+        if have is not None and have[0] == _worker_fingerprint(spec):
+            return have[1]
+        try:
+            asset = await asyncio.to_thread(provision, spec, self._data_dir)
+        except (AssetError, OSError) as exc:
+            raise WorkerStartError(str(exc)) from exc
+        worker = await self._supervisor.start_one(spec, asset)
+        try:
+            return await asyncio.to_thread(load_local_model, spec, asset, worker, self._metrics)
+        except Exception as exc:
+            await self._supervisor.remove(worker)
+            raise WorkerStartError(f"cannot load the tokenizer of '{spec.id}': {exc}") from exc
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
 
     def runtime(self) -> set[str]:
         """Names of the deployments added at run time."""
@@ -127,15 +182,27 @@ def _defaults(alias_id: str) -> AliasSpec:
     return AliasSpec.model_construct(id=alias_id, deployments=[])
 
 
+_NOT_WORKER = set(Routing.model_fields) | {"limits", "pricing", "listed"}
+
+
 def _fingerprint(item: RuntimeDeployment) -> str:
     key = hashlib.sha256((item.api_key or "").encode()).hexdigest()
     return f"{item.alias}|{item.spec.model_dump_json()}|{key}"
 
 
-async def _drain_and_close(dep: Deployment) -> None:
+def _worker_fingerprint(spec: ModelSpec) -> str:
+    """What a local deployment's worker is started with (not how requests are routed)."""
+    return spec.model_dump_json(exclude=_NOT_WORKER)
+
+
+async def _drain_and_close(
+    dep: Deployment, worker: ManagedWorker | None, supervisor: Supervisor
+) -> None:
     for _ in range(int(_DRAIN_S / 0.5)):
         if not dep.in_flight:
             break
         await asyncio.sleep(0.5)
     if dep.remote is not None:
         await dep.remote.aclose()
+    if worker is not None:
+        await supervisor.remove(worker)

@@ -1,22 +1,42 @@
-"""Remote deployments added at run time: stored, key encrypted, in the control plane."""
+"""Deployments added at run time: stored in the control plane (a remote one's key
+encrypted). A local deployment is stored as the model spec of its worker, whose id is
+the deployment's name."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 import sqlalchemy as sa
+from pydantic import ValidationError
 
-from inferplane.config.routes import RemoteDeployment
+from inferplane.config import ModelSpec
+from inferplane.config.routes import REMOTE_ENGINES, RemoteDeployment
 from inferplane.routing.secrets import SecretBox
 from inferplane.store.tables import deployments as table
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RuntimeDeployment:
     alias: str
-    spec: RemoteDeployment
-    api_key: str | None
+    spec: RemoteDeployment | ModelSpec
+    api_key: str | None = None  # remote deployments only
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if isinstance(self.spec, RemoteDeployment) else self.spec.id
+
+
+def parse_spec(raw: str | bytes) -> RemoteDeployment | ModelSpec:
+    """A stored spec: remote by its engine, else a local worker's."""
+    spec = orjson.loads(raw)
+    if spec.get("engine") in REMOTE_ENGINES:
+        return RemoteDeployment.model_validate(spec)
+    return ModelSpec.model_validate(spec)
 
 
 class DeploymentStore:
@@ -29,16 +49,22 @@ class DeploymentStore:
     def all(self) -> list[RuntimeDeployment]:
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(table).order_by(table.c.created_at)).mappings().all()
-        return [
-            RuntimeDeployment(
-                row["alias"],
-                RemoteDeployment.model_validate_json(row["spec"]),
-                self._box.open_sealed(row["api_key_encrypted"])
-                if row["api_key_encrypted"]
-                else None,
-            )
-            for row in rows
-        ]
+        out = []
+        for row in rows:
+            try:
+                spec = parse_spec(row["spec"])
+            except ValidationError as exc:  # e.g. a local deployment's file has gone
+                log.error("stored deployment %s is left out: %s", row["name"], exc)
+                continue
+            sealed = row["api_key_encrypted"]
+            key = self._box.open_sealed(sealed) if sealed else None
+            out.append(RuntimeDeployment(row["alias"], spec, key))
+        return out
+
+    def exists(self, name: str) -> bool:
+        with self._engine.connect() as conn:
+            found = conn.execute(sa.select(table.c.name).where(table.c.name == name)).first()
+        return found is not None
 
     def put(self, dep: RuntimeDeployment) -> None:
         now = datetime.now(UTC)
@@ -50,10 +76,10 @@ class DeploymentStore:
         }
         with self._engine.begin() as conn:
             updated = conn.execute(
-                sa.update(table).where(table.c.name == dep.spec.name).values(**values)
+                sa.update(table).where(table.c.name == dep.name).values(**values)
             ).rowcount
             if not updated:
-                conn.execute(sa.insert(table).values(name=dep.spec.name, created_at=now, **values))
+                conn.execute(sa.insert(table).values(name=dep.name, created_at=now, **values))
 
     def delete(self, name: str) -> bool:
         with self._engine.begin() as conn:

@@ -1,29 +1,37 @@
 """/admin/v1/deployments: every alias's deployments with their live routing state, and
-remote deployments added, changed and removed at run time.
+deployments added, changed and removed at run time.
 
-A change is stored first (the provider key encrypted), then swapped into the routing
-table; requests already running finish on the deployment they started on. Deployments
-declared in the config file are read-only here (409): the file is their source.
+A remote deployment names an endpoint (`engine: openai_compatible | anthropic`); a local
+one is a llama.cpp worker declared like a model in the config file (`engine: llamacpp`,
+`path` or `bundled`, `parallel`, ...), named with `name`. A change is stored first (a
+provider key encrypted), then swapped into the routing table; a new local deployment's
+worker has loaded its model before the answer (if it cannot, the change is undone and
+the answer says why). Requests already running finish on the deployment they started on;
+a removed local deployment's worker stops after its last request. Deployments declared in
+the config file are read-only here (409): the file is their source.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferplane.api.auth import AdminKey
-from inferplane.api.errors import parse_body, validation_error
+from inferplane.api.errors import validation_error
 from inferplane.api.services import Services, services
-from inferplane.config.routes import Name, RemoteDeployment
+from inferplane.config import ModelSpec
+from inferplane.config.routes import REMOTE_ENGINES, Name, RemoteDeployment
 from inferplane.errors import InferplaneError, InvalidRequest, NotFound
 from inferplane.routing.store import RuntimeDeployment
 
 router = APIRouter(prefix="/admin/v1")
+_ENGINES = (*REMOTE_ENGINES, "llamacpp")
 
 
 class DeploymentCreate(RemoteDeployment):
@@ -31,10 +39,24 @@ class DeploymentCreate(RemoteDeployment):
     api_key: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
 
 
+class _LocalHead(BaseModel):
+    """What a local deployment's body holds besides its worker's model spec."""
+
+    model_config = ConfigDict(extra="allow")
+    alias: Name
+    name: Name
+
+
 class Conflict(InferplaneError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class StartFailed(InferplaneError):
+    status = 400
+    type = "invalid_request_error"
+    code = "deployment_start_failed"
 
 
 @router.get("/deployments")
@@ -57,44 +79,29 @@ async def list_deployments(request: Request, principal: AdminKey) -> dict[str, A
 
 @router.post("/deployments", status_code=201)
 async def create_deployment(request: Request, principal: AdminKey) -> dict[str, Any]:
-    body = await parse_body(request, DeploymentCreate)
+    item = _parse(await _json_object(request))
     svc = services(request)
-    if body.name in svc.routes.configured or body.name in svc.routes.runtime():
-        raise Conflict(f"A deployment named '{body.name}' exists.", param="name")
-    if body.alias in svc.inference.models and svc.inference.router.get(body.alias) is None:
-        raise Conflict(f"'{body.alias}' is an embedding model.", param="alias")
-    spec = RemoteDeployment.model_validate(body.model_dump(exclude={"alias", "api_key"}))
-    await _change(
-        svc, lambda: svc.deployments.put(RuntimeDeployment(body.alias, spec, body.api_key))
-    )
-    return _view(svc, body.name)
+    if item.name in svc.routes.configured or item.name in svc.routes.runtime():
+        raise Conflict(f"A deployment named '{item.name}' exists.", param="name")
+    _check_alias(svc, item.alias)
+    await _change(svc, item.name, lambda: svc.deployments.put(item), undo=lambda: None)
+    return _view(svc, item.name)
 
 
 @router.patch("/deployments/{name}")
 async def update_deployment(name: str, request: Request, principal: AdminKey) -> dict[str, Any]:
     svc = services(request)
     current = await _runtime(svc, name)
-    try:
-        changes = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The body is not valid JSON.") from None
-    if not isinstance(changes, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    if "name" in changes and changes["name"] != name:
+    changes = await _json_object(request)
+    if changes.get("name", name) != name:
         raise InvalidRequest("A deployment cannot be renamed.", param="name")
-    merged = {
-        **current.spec.model_dump(),
-        "alias": current.alias,
-        "api_key": current.api_key,
-        **changes,
-    }
-    try:
-        body = DeploymentCreate.model_validate(merged)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    spec = RemoteDeployment.model_validate(body.model_dump(exclude={"alias", "api_key"}))
+    item = _parse({**_body_of(current), **changes})
+    _check_alias(svc, item.alias)
     await _change(
-        svc, lambda: svc.deployments.put(RuntimeDeployment(body.alias, spec, body.api_key))
+        svc,
+        name,
+        lambda: svc.deployments.put(item),
+        undo=lambda: svc.deployments.put(current),
     )
     return _view(svc, name)
 
@@ -102,36 +109,100 @@ async def update_deployment(name: str, request: Request, principal: AdminKey) ->
 @router.delete("/deployments/{name}", status_code=204)
 async def delete_deployment(name: str, request: Request, principal: AdminKey) -> Response:
     svc = services(request)
-    await _runtime(svc, name)
-    await _change(svc, lambda: svc.deployments.delete(name))
+    if name in svc.routes.configured:
+        raise _read_only(name)
+    if not await asyncio.to_thread(svc.deployments.exists, name):
+        raise _not_found(name)
+    await _change(svc, None, lambda: svc.deployments.delete(name), undo=lambda: None)
     return Response(status_code=204)
 
 
-def _runtime_of(body: DeploymentCreate) -> RuntimeDeployment:
-    spec = RemoteDeployment.model_validate(body.model_dump(exclude={"alias", "api_key"}))
-    return RuntimeDeployment(body.alias, spec, body.api_key)
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _parse(body: dict[str, Any]) -> RuntimeDeployment:
+    """A runtime deployment from a request body: remote, or a local llama.cpp worker."""
+    engine = body.get("engine")
+    if engine not in _ENGINES:
+        raise InvalidRequest(
+            f"Invalid value for 'engine': expected one of {', '.join(_ENGINES)}.",
+            param="engine",
+        )
+    try:
+        if engine in REMOTE_ENGINES:
+            remote = DeploymentCreate.model_validate(body)
+            spec = RemoteDeployment.model_validate(remote.model_dump(exclude={"alias", "api_key"}))
+            return RuntimeDeployment(remote.alias, spec, remote.api_key)
+        for key in ("id", "listed", "api_key"):
+            if key in body:
+                raise InvalidRequest(f"'{key}' does not apply to a local deployment.", param=key)
+        head = _LocalHead.model_validate(body)
+        fields = {k: v for k, v in body.items() if k not in ("alias", "name")}
+        local = ModelSpec.model_validate({**fields, "id": head.name, "listed": False})
+        return RuntimeDeployment(head.alias, local)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _body_of(item: RuntimeDeployment) -> dict[str, Any]:
+    """A stored deployment as the body that would create it (a PATCH applies onto it)."""
+    if isinstance(item.spec, RemoteDeployment):
+        return {**item.spec.model_dump(mode="json"), "alias": item.alias, "api_key": item.api_key}
+    spec = item.spec.model_dump(mode="json", exclude={"id", "listed"})
+    return {**spec, "name": item.spec.id, "alias": item.alias}
+
+
+def _check_alias(svc: Services, alias: str) -> None:
+    if alias in svc.inference.models and svc.inference.router.get(alias) is None:
+        raise Conflict(f"'{alias}' is an embedding model.", param="alias")
+
+
+def _read_only(name: str) -> Conflict:
+    return Conflict(
+        f"The deployment '{name}' is declared in the config file; change it there.",
+        param="name",
+    )
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"No deployment '{name}'.", param="name", code="deployment_not_found")
 
 
 async def _runtime(svc: Services, name: str) -> RuntimeDeployment:
     if name in svc.routes.configured:
-        raise Conflict(
-            f"The deployment '{name}' is declared in the config file; change it there.",
-            param="name",
-        )
-    stored = {d.spec.name: d for d in await asyncio.to_thread(svc.deployments.all)}
+        raise _read_only(name)
+    stored = {d.name: d for d in await asyncio.to_thread(svc.deployments.all)}
     if name not in stored:
-        raise NotFound(f"No deployment '{name}'.", param="name", code="deployment_not_found")
+        raise _not_found(name)
     return stored[name]
 
 
-async def _change(svc: Services, action: Any) -> None:
-    """Store, rebuild the routing table from the store, tell the other replicas."""
+async def _change(
+    svc: Services, name: str | None, action: Callable[[], Any], undo: Callable[[], Any]
+) -> None:
+    """Store, rebuild the routing table from the store, tell the other replicas. When the
+    changed deployment (`name`) could not start, store what was there before instead."""
 
-    def run() -> list[RuntimeDeployment]:
-        action()
+    def run(step: Callable[[], Any]) -> list[RuntimeDeployment]:
+        step()
         return svc.deployments.all()
 
-    svc.routes.apply(await asyncio.to_thread(run))
+    failed = await svc.routes.apply(await asyncio.to_thread(run, action))
+    if name is not None and name in failed:
+
+        def revert() -> None:
+            svc.deployments.delete(name)
+            undo()
+
+        await svc.routes.apply(await asyncio.to_thread(run, revert))
+        raise StartFailed(f"The deployment '{name}' could not start: {failed[name]}")
     if svc.notices is not None:
         await svc.notices.publish()
 
