@@ -17,8 +17,8 @@ there is queueing (Little's law: clients / requests/s), not what the gateway add
 request. The added latency under load is therefore also measured open loop ("paced"):
 16 keep-alive connections, Poisson arrivals at a fixed rate, each request timed from
 its scheduled arrival (so waiting for a free connection counts); the rates are a light
-20 req/s and half of inferplane's own closed-loop peak at 16 clients, and each target is
-compared with the upstream called directly at the same rate.
+20 req/s, and a quarter and a half of inferplane's own closed-loop peak at 16 clients;
+each target is compared with the upstream called directly at the same rate.
 
     .venv/bin/python bench/gateway_overhead.py [--seconds 8] [--litellm-bin /venv/bin]
 """
@@ -297,11 +297,11 @@ def main() -> None:
                             results[target.name, stream, level] = uvloop.run(
                                 _load(target, stream, level, args.seconds)
                             )
-                    half = round(results["inferplane", stream, 16].rps / 2, -1)
-                    for rate in (LIGHT_RATE, half):
+                    peak = results["inferplane", stream, 16].rps
+                    for rate in (LIGHT_RATE, round(peak / 4, -1), round(peak / 2, -1)):
                         for target in targets:
-                            peak = max(results[target.name, stream, lv].rps for lv in LEVELS)
-                            if peak < rate * 1.1:
+                            most = max(results[target.name, stream, lv].rps for lv in LEVELS)
+                            if most < rate * 1.1:
                                 continue  # over its capacity: the queue would only grow
                             paced[target.name, stream, rate] = uvloop.run(
                                 _paced(target, stream, rate, args.seconds)

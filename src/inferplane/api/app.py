@@ -9,6 +9,7 @@ the grace period): refuse new work -> stop workers -> close the store.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -67,6 +68,11 @@ def create_app(settings: Settings) -> ASGIApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await _open(settings, metrics)
         app.state.services = services
+        # What start-up built lives as long as the process: out of the collector's
+        # sight, a full collection under load walks only what requests allocate
+        # (measured: a 60 ms pause at 1000 req/s before, see the README).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

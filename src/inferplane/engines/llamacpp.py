@@ -150,6 +150,7 @@ class LlamaCppEngine(EngineBase):
         self._cached: dict[int, tuple[str, list[int]]] = {}  # free seq -> (scope, tokens)
         self._last_was_prefill = False
         self._stats = _Stats()
+        self._reported_slots = 0
         # Preemption: a decode step may be interrupted, before most of it has run, when
         # a new request is waiting for a free slot. The new prompt is then prefilled at once
         # in a step of its own (its first token comes after that one short step, not
@@ -177,8 +178,10 @@ class LlamaCppEngine(EngineBase):
     def run(self, channel: Channel) -> None:
         self._channel = channel
         while True:
-            if not self._slots and self._stats.phases:
-                self._report()  # going idle: the last figures, with no slot in use
+            if not self._slots and (self._stats.phases or self._reported_slots):
+                # Going idle: the last figures, with no slot in use (also when the last
+                # slot was cancelled before any step since the previous report).
+                self._report()
             self._admit(block=not self._slots)
             self._drop_cancelled()
             if self._slots:
@@ -187,7 +190,8 @@ class LlamaCppEngine(EngineBase):
                     self._report()
 
     def _report(self) -> None:
-        self._send(self._stats.report(len(self._slots)))
+        self._reported_slots = len(self._slots)
+        self._send(self._stats.report(self._reported_slots))
         self._stats = _Stats()
 
     def _admit(self, *, block: bool) -> None:
