@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +183,20 @@ async def _paced(target: Target, stream: bool, rate: float, seconds: float) -> R
     return Result(len(latencies) / (finished - started), qs[49] * 1000, qs[98] * 1000, None, errors)
 
 
+@contextlib.contextmanager
+def _alone(target: Target, targets: list[Target]) -> Iterator[None]:
+    """The other gateways are paused (SIGSTOP) while one is measured: they share its
+    core, and their background work would count against it."""
+    others = [t.pid for t in targets if t.pid is not None and t is not target]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
 def _cpu_seconds(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -294,18 +311,20 @@ def main() -> None:
                 for stream in (False, True):
                     for level in LEVELS:
                         for target in targets:
-                            results[target.name, stream, level] = uvloop.run(
-                                _load(target, stream, level, args.seconds)
-                            )
+                            with _alone(target, targets):
+                                results[target.name, stream, level] = uvloop.run(
+                                    _load(target, stream, level, args.seconds)
+                                )
                     peak = results["inferplane", stream, 16].rps
                     for rate in (LIGHT_RATE, round(peak / 4, -1), round(peak / 2, -1)):
                         for target in targets:
                             most = max(results[target.name, stream, lv].rps for lv in LEVELS)
                             if most < rate * 1.1:
                                 continue  # over its capacity: the queue would only grow
-                            paced[target.name, stream, rate] = uvloop.run(
-                                _paced(target, stream, rate, args.seconds)
-                            )
+                            with _alone(target, targets):
+                                paced[target.name, stream, rate] = uvloop.run(
+                                    _paced(target, stream, rate, args.seconds)
+                                )
                 memory = {t.name: _rss_mb(t.pid) for t in targets if t.pid is not None}
         _report(targets, results, memory, args.seconds)
         _report_paced(targets, paced, args.seconds)
