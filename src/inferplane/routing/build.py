@@ -113,7 +113,7 @@ class RouteTable:
         still = {id(dep) for _, dep in kept.values()}
         retired = [dep for _, dep in self._runtime.values() if id(dep) not in still]
         running = {id(local) for _, local in workers.values()}
-        stopped = [m for _, m in self._workers.values() if id(m) not in running]
+        stopped = {id(m) for _, m in self._workers.values()} - running
         self._runtime, self._workers = kept, workers
         aliases = dict(self._base)
         for alias_id, deps in extra.items():
@@ -127,7 +127,7 @@ class RouteTable:
         for dep in retired:
             # A local deployment whose worker lives on (only its routing changed) is not
             # stopped: its replacement holds the same worker.
-            worker = dep.local.worker if dep.local is not None and dep.local in stopped else None
+            worker = dep.local.worker if dep.local and id(dep.local) in stopped else None
             self._background(_drain_and_close(dep, worker, self._supervisor))
         return failed
 
@@ -139,9 +139,9 @@ class RouteTable:
             return have[1]
         try:
             asset = await asyncio.to_thread(provision, spec, self._data_dir)
+            worker = await self._supervisor.start_one(spec, asset)
         except (AssetError, OSError) as exc:
             raise WorkerStartError(str(exc)) from exc
-        worker = await self._supervisor.start_one(spec, asset)
         try:
             return await asyncio.to_thread(load_local_model, spec, asset, worker, self._metrics)
         except Exception as exc:
