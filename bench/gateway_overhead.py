@@ -4,6 +4,8 @@ The upstream (`bench/fast_upstream.py`) answers instantly: a short chat completi
 a stream of about 20 SSE events. Each target gets the same closed-loop load (keep-alive
 connections, raw HTTP/1.1, for `--seconds` per level) at concurrency 1, 16 and 128:
   direct      the upstream itself (the baseline: latency with no gateway)
+  relay       a bare TCP relay (`bench/tcp_relay.py`) on the gateway's core: the cost of
+              the extra hop alone, the floor under any gateway's added latency
   inferplane  an alias with one openai_compatible deployment, called with a key that
               has rate limits and a budget (so admission, limits, budget, ledger and
               metrics all run)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -186,13 +189,18 @@ async def _paced(target: Target, stream: bool, rate: float, seconds: float) -> R
 @contextlib.contextmanager
 def _alone(target: Target, targets: list[Target]) -> Iterator[None]:
     """The other gateways are paused (SIGSTOP) while one is measured: they share its
-    core, and their background work would count against it."""
+    core, and their background work would count against it. The load generator's own
+    garbage collection is off meanwhile: its pauses (up to 40 ms, seen at the same
+    request count in every run) would be charged to the target."""
     others = [t.pid for t in targets if t.pid is not None and t is not target]
     for pid in others:
         os.kill(pid, signal.SIGSTOP)
+    gc.collect()
+    gc.disable()
     try:
         yield
     finally:
+        gc.enable()
         for pid in others:
             os.kill(pid, signal.SIGCONT)
 
@@ -275,9 +283,22 @@ def main() -> None:
     upstream = _start(
         [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(upstream_port)]
     )
-    procs = [upstream]
+    relay_port = free_port()
+    relay = _start(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "tcp_relay.py"),
+            "--port",
+            str(relay_port),
+            "--upstream",
+            str(upstream_port),
+        ],
+        cpus=GATEWAY_CPU,
+    )
+    procs = [upstream, relay]
     try:
         _wait_http(f"http://127.0.0.1:{upstream_port}/v1/models")
+        _wait_http(f"http://127.0.0.1:{relay_port}/v1/models")
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             config = tmp / "inferplane.yaml"
@@ -300,6 +321,7 @@ def main() -> None:
                 port = int(server.base_url.rsplit(":", 1)[1])
                 targets = [
                     Target("direct", upstream_port, "none", "fast", None),
+                    Target("relay", relay_port, "none", "fast", relay.pid),
                     Target("inferplane", port, key, "fast", server.process.pid),
                 ]
                 if args.litellm_bin:

@@ -27,26 +27,37 @@ WINDOW_S = 60.0
 @dataclass
 class _ScopeState:
     requests: deque[float] = field(default_factory=deque)
-    # reservation id -> [admitted at, tokens]; insertion order is time order.
-    tokens: dict[int, list[float]] = field(default_factory=dict)
+    # [admitted at, tokens, reservation id] per admitted request, in time order; `held`
+    # finds a request's entry by its reservation id while it is inside the window. (The
+    # order is a deque, not the dict's own: purging a dict from the front makes each
+    # `next(iter(d))` skip every key deleted before it, so a burst's expiry 60 s later
+    # cost seconds of CPU, measured: 1.2 s for 60k entries.)
+    tokens: deque[list[float]] = field(default_factory=deque)
+    held: dict[int, list[float]] = field(default_factory=dict)
     token_total: int = 0
     in_flight: int = 0
 
     def purge(self, now: float) -> None:
         horizon = now - WINDOW_S
-        while self.requests and self.requests[0] <= horizon:
-            self.requests.popleft()
-        while self.tokens:  # oldest first: stop at the first entry still in the window
-            rid, (at, amount) = next(iter(self.tokens.items()))
-            if at > horizon:
-                break
-            del self.tokens[rid]
+        requests, tokens = self.requests, self.tokens
+        while requests and requests[0] <= horizon:
+            requests.popleft()
+        while tokens and tokens[0][0] <= horizon:
+            _, amount, rid = tokens.popleft()
+            del self.held[int(rid)]
             self.token_total -= int(amount)
+
+    def add(self, now: float, rid: int, tokens: int) -> None:
+        entry = [now, tokens, rid]
+        self.requests.append(now)
+        self.tokens.append(entry)
+        self.held[rid] = entry
+        self.token_total += tokens
 
     def token_wait(self, now: float, needed: int, limit: int) -> float:
         """Seconds until `needed` (<= limit) more tokens fit under `limit`."""
         excess = self.token_total + needed - limit
-        for at, amount in self.tokens.values():
+        for at, amount, _ in self.tokens:
             excess -= int(amount)
             if excess <= 0:
                 return at + WINDOW_S - now
@@ -96,7 +107,7 @@ class Reservation:
             return
         self._done = True
         for state in self._states:
-            entry = state.tokens.get(self._rid)
+            entry = state.held.get(self._rid)
             if entry is not None:  # still inside the window
                 state.token_total += actual_tokens - int(entry[1])
                 entry[1] = actual_tokens
@@ -122,9 +133,7 @@ class MemoryLimiter:
             checked.append((scope, state))
         rid = next(self._ids)
         for _, state in checked:
-            state.requests.append(now)
-            state.tokens[rid] = [now, tokens]
-            state.token_total += tokens
+            state.add(now, rid, tokens)
             state.in_flight += 1
         headers = self._headers(checked, now)
         return Reservation(rid, [s for _, s in checked], tokens, headers)
@@ -189,8 +198,7 @@ class MemoryLimiter:
         ]
         if tok:
             remaining, limit, st = min(tok, key=lambda r: r[0])
-            last = next(reversed(st.tokens.values()), None)
-            reset = last[0] + WINDOW_S - now if last else 0.0
+            reset = st.tokens[-1][0] + WINDOW_S - now if st.tokens else 0.0
             headers["x-ratelimit-limit-tokens"] = str(limit)
             headers["x-ratelimit-remaining-tokens"] = str(max(0, remaining))
             headers["x-ratelimit-reset-tokens"] = _duration(reset)

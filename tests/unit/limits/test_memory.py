@@ -84,3 +84,20 @@ def test_all_scopes_or_none() -> None:
         limiter.admit([key, team], 0)
     # The refused request did not consume the key's window.
     assert limiter.admit([key], 0).headers["x-ratelimit-remaining-requests"] == "8"
+
+
+def test_a_burst_leaves_the_window_exactly_with_settles_in_between() -> None:
+    clock = Clock()
+    limiter = MemoryLimiter(clock)
+    held = [limiter.admit([scope(tpm=10**6)], 10) for _ in range(5000)]
+    for hold in held[::2]:
+        hold.settle(4)  # half used less than reserved
+    clock.now += 30
+    late = limiter.admit([scope(tpm=10**6)], 7)
+    # 2500 x 4 + 2500 x 10 + 7 in the window.
+    assert late.headers["x-ratelimit-remaining-tokens"] == str(10**6 - 35_007)
+    clock.now += 30.5  # the burst has left the window; the late request has not
+    for hold in held[1::2]:
+        hold.settle(1)  # settling after expiry changes nothing
+    after = limiter.admit([scope(tpm=10**6)], 0)
+    assert after.headers["x-ratelimit-remaining-tokens"] == str(10**6 - 7)
