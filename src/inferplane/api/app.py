@@ -9,6 +9,7 @@ the grace period): refuse new work -> stop workers -> close the store.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import logging
 import sys
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -36,9 +38,12 @@ from inferplane.api.openai.completion.router import router as completion_router
 from inferplane.api.openai.embedding.router import router as embedding_router
 from inferplane.api.openai.models.router import router as models_router
 from inferplane.api.services import Services
+from inferplane.cache.responses import Embedder, ResponseCache, Semantic
+from inferplane.cache.semantic import SemanticIndex
+from inferplane.cache.store import EntryStore, MemoryStore, RedisStore
 from inferplane.config import Settings
 from inferplane.engines.assets import provision
-from inferplane.engines.local import load_local_model
+from inferplane.engines.local import LocalModel, load_local_model
 from inferplane.engines.supervisor import Supervisor
 from inferplane.limits.budgets import Budgets, BudgetTracker
 from inferplane.limits.memory import Limiter, MemoryLimiter
@@ -180,6 +185,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
             Admitter(limiter, shared_budgets, prices, ledger),
             ledger,
             metrics,
+            _response_cache(settings, metrics, client, models),
         ),
         routes=routes,
         deployments=deployments,
@@ -187,6 +193,52 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         redis=client,
         started_at=int(time.time()),
     )
+
+
+def _response_cache(
+    settings: Settings,
+    metrics: Metrics,
+    redis: aioredis.Redis | None,
+    models: dict[str, LocalModel],
+) -> ResponseCache | None:
+    cfg = settings.cache
+    if cfg is None:
+        return None
+    store: EntryStore = MemoryStore(cfg.max_bytes)
+    if cfg.backend == "redis":
+        assert redis is not None  # the settings checked INFERPLANE_REDIS_URL
+        store = RedisStore(redis)
+    semantic = None
+    if cfg.semantic is not None:
+        embedder = models[cfg.semantic.embedding_model]
+        semantic = Semantic(
+            SemanticIndex(cfg.semantic.max_bytes), _embed_with(embedder), cfg.semantic.threshold
+        )
+    return ResponseCache(
+        store,
+        metrics,
+        mode=cfg.mode,
+        scope=cfg.scope,
+        ttl_s=cfg.ttl_s,
+        hit_cost_fraction=cfg.hit_cost_fraction,
+        semantic=semantic,
+    )
+
+
+def _embed_with(model: LocalModel) -> Embedder:
+    """The semantic cache's embedding call: straight to the model's worker (an internal
+    request: it is neither rate-limited nor billed to the caller)."""
+
+    async def embed(text: str) -> np.ndarray:
+        client = await model.worker.client()
+        async for msg in client.stream({"op": "embed", "input": [text]}):
+            if msg["event"] == "embeddings":
+                return np.frombuffer(base64.b64decode(msg["data"]), dtype=np.float32)
+            if msg["event"] == "error":
+                raise RuntimeError(f"embedding for the semantic cache failed: {msg}")
+        raise RuntimeError("the embedding worker ended without a result")
+
+    return embed
 
 
 def _announce_admin_key(secret: str) -> None:

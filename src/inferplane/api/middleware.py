@@ -6,6 +6,7 @@
 - response headers: `x-request-id`, `x-inferplane-model-version` and
   `x-inferplane-deployment` on every response ("none" where no model served it);
 - the admission's `x-ratelimit-*` headers, on successes as on 429s;
+- `x-inferplane-cache` (and `Age` on a hit) where the response cache was consulted;
 - metrics: requests by route/model/status, duration, in-flight.
 """
 
@@ -58,6 +59,17 @@ class GatewayMiddleware:
                 if "attempts" in state:
                     attempts = str(state["attempts"]).encode()
                     message["headers"].append((b"x-inferplane-attempts", attempts))
+                if "dropped_turns" in state:  # the context policy truncated the chat
+                    dropped = str(state["dropped_turns"]).encode()
+                    message["headers"].append((b"x-inferplane-context-truncated", dropped))
+                cache = state.get("cache")
+                if cache is not None:  # x-inferplane-cache: hit | semantic-hit | miss
+                    message["headers"].append((b"x-inferplane-cache", cache.encode()))
+                    if "cache_age" in state:
+                        message["headers"].append((b"age", str(state["cache_age"]).encode()))
+                    if "cache_score" in state:
+                        score = str(state["cache_score"]).encode()
+                        message["headers"].append((b"x-inferplane-cache-score", score))
                 limits: dict[str, str] = state.get("ratelimit_headers") or {}
                 message["headers"] += [(k.encode(), v.encode()) for k, v in limits.items()]
             await send(message)

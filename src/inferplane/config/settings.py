@@ -81,6 +81,10 @@ class ModelSpec(Routing):
     # the same organisation whose prompt starts the same way (a shared system prompt)
     # prefills only the rest.
     prefix_cache: bool = True
+    # A chat prompt too long for the context (with room for max_tokens): "reject" answers
+    # 400 context_length_exceeded; "truncate" leaves out the oldest turns, keeping system
+    # messages and the final turn (counted with the model's own tokenizer).
+    context_policy: Literal["reject", "truncate"] = "reject"
     # Rate limits on the model as a whole, across every key and team.
     limits: Limits = Limits()
     # What a request costs (also settable with PUT /admin/v1/pricing/{model}).
@@ -139,6 +143,28 @@ class ServerSettings(_Strict):
     alert_webhook_url: str | None = None
 
 
+class SemanticCacheSettings(_Strict):
+    """Semantic lookups: the final user turn is embedded with a local embedding model and
+    the nearest cached entry of the same scope, model, system prompt and parameters
+    answers if its cosine similarity reaches `threshold`."""
+
+    embedding_model: Annotated[str, Field(min_length=1)]
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.9
+    max_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20
+
+
+class CacheSettings(_Strict):
+    """`cache:` in the config file turns the response cache on (it is off without it)."""
+
+    mode: Literal["off", "deterministic", "all"] = "deterministic"  # the server's default
+    scope: Literal["org", "team", "key"] = "org"  # the tenant boundary of entries
+    ttl_s: Annotated[float, Field(gt=0, le=365 * 86400)] = 3600.0
+    max_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20  # embedded store's bound
+    backend: Literal["memory", "redis"] = "memory"
+    hit_cost_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0  # of the answer's price
+    semantic: SemanticCacheSettings | None = None
+
+
 _UNION_TAGS = frozenset({"model", "alias", "local", "remote"})
 
 
@@ -166,6 +192,7 @@ class FileConfig(_Strict):
     """The YAML file's shape."""
 
     server: ServerSettings = ServerSettings()
+    cache: CacheSettings | None = None
     models: list[
         Annotated[
             Annotated[ModelSpec, Tag("model")] | Annotated[AliasSpec, Tag("alias")],
@@ -189,9 +216,26 @@ class Settings(_Strict):
     redis_url: str | None = None
     secret_key: str | None = None  # Fernet key for provider secrets at rest
     server: ServerSettings = ServerSettings()
+    cache: CacheSettings | None = None
     # Every local worker: plain local models and the local deployments of aliases.
     models: list[ModelSpec]
     aliases: list[AliasSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cache_needs(self) -> Settings:
+        if self.cache is None:
+            return self
+        if self.cache.backend == "redis" and not self.redis_url:
+            raise ValueError("cache.backend 'redis' needs INFERPLANE_REDIS_URL")
+        semantic = self.cache.semantic
+        if semantic is not None:
+            embedders = {m.id for m in self.models if m.engine == "sentence_transformers"}
+            if semantic.embedding_model not in embedders:
+                raise ValueError(
+                    f"cache.semantic.embedding_model '{semantic.embedding_model}' is not a "
+                    "local embedding model (engine sentence_transformers) of this config"
+                )
+        return self
 
 
 def _describe(exc: ValidationError) -> str:
@@ -252,6 +296,7 @@ def load_settings(
             redis_url=env.get("INFERPLANE_REDIS_URL") or None,
             secret_key=env.get("INFERPLANE_SECRET_KEY") or None,
             server=ServerSettings.model_validate(server),
+            cache=file_cfg.get("cache"),
             models=models,
             aliases=aliases,
         )

@@ -24,6 +24,7 @@ class PreparedPrompt:
     max_tokens: int  # requested (or the model's default), clipped to the context left
     stop: list[str]
     lstrip: bool  # chat replies drop the whitespace a transcript template leaves
+    dropped_turns: int = 0  # oldest turns left out to fit the context (truncate policy)
 
     def worker_payload(self) -> dict[str, Any]:
         return {
@@ -59,23 +60,59 @@ class LlamaPrompts:
                 code="max_tokens_exceeded",
             )
         stops = list(stop or [])
-        if messages is not None:
-            text = self._template.render(messages)
-            stops += self._spec.chat_stop
-        else:
-            text = prompt or ""
-        tokens = self._vocab.tokenize(text.encode(), add_bos=True, special=True)
         n_ctx = self._spec.context_size
+        wanted = max_tokens or min(self._spec.default_max_tokens, cap or n_ctx)
+        dropped = 0
+        if messages is not None:
+            stops += self._spec.chat_stop
+            tokens = self._chat_tokens(messages)
+            if len(tokens) + wanted > n_ctx and self._spec.context_policy == "truncate":
+                tokens, dropped = self._truncated(messages, tokens, n_ctx - wanted)
+        else:
+            tokens = self._tokenize(prompt or "")
         if len(tokens) >= n_ctx:
             param = "messages" if messages is not None else "prompt"
             raise ContextLengthExceeded(prompt_tokens=len(tokens), context_size=n_ctx, param=param)
-        wanted = max_tokens or min(self._spec.default_max_tokens, cap or n_ctx)
         return PreparedPrompt(
             tokens=tokens,
             max_tokens=min(wanted, n_ctx - len(tokens)),
             stop=stops,
             lstrip=messages is not None,
+            dropped_turns=dropped,
         )
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self._vocab.tokenize(text.encode(), add_bos=True, special=True))
+
+    def _chat_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        return self._tokenize(self._template.render(messages))
+
+    def _truncated(
+        self, messages: list[dict[str, str]], tokens: list[int], budget: int
+    ) -> tuple[list[int], int]:
+        """The fewest oldest turns left out for the prompt to fit `budget` tokens. System
+        (and developer) messages and the final turn always stay; when even that is too
+        long, everything droppable is dropped and the context check decides."""
+        droppable = [
+            i for i, m in enumerate(messages[:-1]) if m.get("role") not in ("system", "developer")
+        ]
+
+        def without(k: int) -> list[dict[str, str]]:
+            gone = set(droppable[:k])
+            return [m for i, m in enumerate(messages) if i not in gone]
+
+        lo, hi = 0, len(droppable)  # binary search: more dropped is never longer
+        best = tokens if lo == hi else self._chat_tokens(without(hi))
+        if len(best) > budget:
+            return best, hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            candidate = self._chat_tokens(without(mid))
+            if len(candidate) <= budget:
+                hi, best = mid, candidate
+            else:
+                lo = mid + 1
+        return best, hi
 
 
 class EmbeddingTokens:

@@ -16,6 +16,8 @@ class Limits(BaseModel):
     tpm: Positive | None = None  # prompt + completion tokens per minute (sliding window)
     max_parallel: Positive | None = None  # requests in flight at once
     max_tokens: Positive | None = None  # completion tokens one request may ask for
+    # Response cache policy (the most specific of key, team, model wins; else the server's).
+    cache: Literal["off", "deterministic", "all"] | None = None
 
     @property
     def empty(self) -> bool:

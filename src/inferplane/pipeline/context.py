@@ -27,3 +27,9 @@ class RequestContext:
     deployment: str | None = None
     model_version: str | None = None
     attempts: int = 0
+    # Set by the cache stage: "hit", "semantic-hit" or "miss" (None: not consulted), and
+    # a hit's age in seconds.
+    cache: str | None = None
+    cache_age: int | None = None
+    cache_score: float | None = None  # a semantic hit's similarity
+    dropped_turns: int = 0  # oldest chat turns left out to fit the context

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from inferplane.cache.responses import Answer, Directives, Hit, Lookup, ResponseCache
 from inferplane.engines.local import LocalModel
 from inferplane.engines.prompts import PreparedPrompt
 from inferplane.engines.protocol import Message
@@ -36,6 +38,9 @@ from inferplane.telemetry.ledger import UsageLedger, UsageRecord, now_iso
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.records import Principal
 
+log = logging.getLogger(__name__)
+_DEFAULT_DIRECTIVES = Directives()
+
 # Served (200) and abandoned-by-the-caller (499) requests cost what they used; failures
 # of ours cost nothing.
 _BILLED = frozenset({200, 499})
@@ -51,12 +56,14 @@ class InferenceService:
         admitter: Admitter,
         ledger: UsageLedger,
         metrics: Metrics,
+        cache: ResponseCache | None = None,
     ):
         self.models = models
         self.router = router
         self._admitter = admitter
         self._ledger = ledger
         self._metrics = metrics
+        self.cache = cache
 
     def visible_models(self, principal: Principal) -> list[LocalModel | Alias]:
         listed: list[LocalModel | Alias] = [m for m in self.models.values() if m.spec.listed]
@@ -98,6 +105,7 @@ class InferenceService:
         *,
         stream: bool = False,
         route: RouteRequest | None = None,
+        directives: Directives = _DEFAULT_DIRECTIVES,
     ) -> AsyncIterator[GenerationEvent]:
         """Run one generation; the first event is always `Started` (or an error is raised)."""
         scopes = rate_scopes(ctx.principal, alias.id, alias.limits)
@@ -117,6 +125,7 @@ class InferenceService:
             else:
                 prepared[local.id] = prompt
                 n_prompt, max_tokens = len(prompt.tokens), prompt.max_tokens
+                ctx.dropped_turns = prompt.dropped_turns
         else:
             n_prompt = _estimate_tokens(prompt_input)
             max_tokens = remote_input.get("max_tokens") or alias.default_max_tokens
@@ -129,6 +138,23 @@ class InferenceService:
         if not plan:
             raise NoDeployment(alias.id)
         admission = await self._admitter.admit(ctx, alias.id, scopes, n_prompt, max_tokens)
+        lookup = None
+        if self.cache is not None:
+            lookup = self.cache.plan(
+                ctx.principal,
+                alias.id,
+                alias.limits.cache,
+                {"endpoint": ctx.endpoint, **remote_input, **sampling},
+                frozenset(dep.version for _, dep in plan),
+                directives,
+            )
+        if lookup is not None:
+            hit = await self._cached(lookup)
+            if hit is not None:
+                async for event in self._replay(ctx, alias.id, admission, lookup, hit):
+                    yield event
+                return
+            ctx.cache = "miss"
 
         def run(owner: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
             if dep.local is not None:
@@ -145,6 +171,7 @@ class InferenceService:
             )
 
         state = Attempts()
+        parts: list[str] = []
         with self._accounted(ctx, alias.id, admission, _Tally(n_prompt)) as tally:
             try:
                 async for event in attempts(alias, plan, run, state, on_attempt=self._on_attempt):
@@ -154,13 +181,64 @@ class InferenceService:
                         ctx.deployment, ctx.model_version = served.name, served.version
                     if isinstance(event, TextDelta):
                         tally.completion = event.tokens_so_far
+                        if lookup is not None:
+                            parts.append(event.text)
                     elif isinstance(event, Finished):
                         tally.prompt = event.prompt_tokens
                         tally.completion, tally.status = event.completion_tokens, 200
                         self._meter(alias.id, event.prompt_tokens, event.completion_tokens)
+                        if lookup is not None and lookup.store and ctx.deployment is not None:
+                            self._keep(ctx, lookup, admission, parts, event)
                     yield event
             finally:
                 ctx.attempts = state.count
+
+    async def _cached(self, lookup: Lookup) -> Hit | None:
+        assert self.cache is not None
+        try:
+            return await self.cache.get(lookup)
+        except Exception:  # a broken entry or store is a miss, never a failed request
+            log.exception("response cache lookup failed")
+            return None
+
+    def _keep(
+        self,
+        ctx: RequestContext,
+        lookup: Lookup,
+        admission: Admission,
+        parts: list[str],
+        done: Finished,
+    ) -> None:
+        assert self.cache is not None and ctx.deployment and ctx.model_version
+        answer = Answer(
+            tuple(parts),
+            done.finish_reason,
+            done.prompt_tokens,
+            done.completion_tokens,
+            ctx.deployment,
+            ctx.model_version,
+            time.time(),
+            admission.cost(done.prompt_tokens, done.completion_tokens),
+        )
+        self.cache.keep(lookup, answer)
+
+    async def _replay(
+        self, ctx: RequestContext, model: str, admission: Admission, lookup: Lookup, hit: Hit
+    ) -> AsyncIterator[GenerationEvent]:
+        """A cached answer, as the events of a generation (a stream replays as SSE)."""
+        assert self.cache is not None
+        answer = hit.answer
+        ctx.cache, ctx.cache_age, ctx.cache_score = hit.kind, hit.age_s, hit.score
+        ctx.deployment, ctx.model_version = answer.deployment, answer.version
+        tally = _Tally(answer.prompt_tokens, answer.completion_tokens, 200, cache_hit=True)
+        with self._accounted(ctx, model, admission, tally):
+            charged = self._charge(admission, tally)
+            self.cache.count_hit(lookup, hit, charged)
+            yield Started(answer.prompt_tokens)
+            ctx.first_token_at = time.perf_counter()
+            for part in answer.parts:
+                yield TextDelta(part, 0)
+            yield Finished(answer.finish_reason, answer.prompt_tokens, answer.completion_tokens)
 
     def _on_attempt(self, alias: Alias, dep: Deployment, outcome: str) -> None:
         self._metrics.route_attempts.labels(alias.id, dep.name, outcome).inc()
@@ -274,20 +352,25 @@ class InferenceService:
             tally.status = 500
             raise
         finally:
-            self._finish(ctx, model, admission, tally.prompt, tally.completion, tally.status)
+            self._finish(ctx, model, admission, tally)
 
-    def _finish(
-        self,
-        ctx: RequestContext,
-        model: str,
-        admission: Admission,
-        prompt: int,
-        completion: int,
-        status: int,
-    ) -> None:
+    def _charge(self, admission: Admission, tally: _Tally) -> int:
+        """What the request costs: what it used if served or abandoned; a cache hit, the
+        configured fraction of what its answer costs at today's price."""
+        if tally.status not in _BILLED:
+            return 0
+        cost = admission.cost(tally.prompt, tally.completion)
+        if tally.cache_hit:
+            assert self.cache is not None
+            return round(cost * self.cache.hit_cost_fraction)
+        return cost
+
+    def _finish(self, ctx: RequestContext, model: str, admission: Admission, tally: _Tally) -> None:
         """Settle the admission and write the ledger record (before the response ends)."""
-        cost = admission.cost(prompt, completion) if status in _BILLED else 0
-        admission.settle(prompt + completion, cost)
+        prompt, completion, status = tally.prompt, tally.completion, tally.status
+        cost = self._charge(admission, tally)
+        # A cache hit ran no model: it uses no tokens of the caller's per-minute limit.
+        admission.settle(0 if tally.cache_hit else prompt + completion, cost)
         price = admission.price
         now = time.perf_counter()
         team = ctx.principal.team
@@ -311,6 +394,7 @@ class InferenceService:
                 latency_ms=(now - ctx.started) * 1000,
                 ttft_ms=(ctx.first_token_at - ctx.started) * 1000 if ctx.first_token_at else None,
                 status=status,
+                cache_hit=tally.cache_hit,
             )
         )
 
@@ -325,6 +409,7 @@ class _Tally:
     prompt: int
     completion: int = 0
     status: int = 499  # the caller went away, unless we learn otherwise
+    cache_hit: bool = False
 
 
 def _slot(ctx: RequestContext, model: LocalModel, cost: int) -> AbstractAsyncContextManager[None]:

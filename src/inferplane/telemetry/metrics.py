@@ -131,6 +131,38 @@ class Metrics:
             ["deployment"],
             registry=r,
         )
+        self.cache_requests = Counter(
+            "inferplane_cache_requests_total",
+            "Response cache lookups by tenant scope, model and result (hit, semantic-hit, miss).",
+            ["scope", "model", "result"],
+            registry=r,
+        )
+        self.cache_saved_tokens = Counter(
+            "inferplane_cache_saved_tokens_total",
+            "Prompt and completion tokens not processed again thanks to cache hits.",
+            ["scope", "model"],
+            registry=r,
+        )
+        self.cache_saved_usd = Counter(
+            "inferplane_cache_saved_usd_total",
+            "What cache hits would have cost at the price of the answer's generation, "
+            "minus what they were charged.",
+            ["scope", "model"],
+            registry=r,
+        )
+        self.cache_lookup_seconds = Histogram(
+            "inferplane_cache_lookup_seconds",
+            "Semantic cache lookups: embedding the final user turn, and the index search.",
+            ["stage"],
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=r,
+        )
+        self.cache_semantic_score = Histogram(
+            "inferplane_cache_semantic_score",
+            "Cosine similarity of the entries that answered semantic hits.",
+            buckets=(0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0),
+            registry=r,
+        )
 
     def worker_stats(self, model: str, stats: dict[str, Any]) -> None:
         """Fold one stats report of a batching worker (deltas since its last report)."""

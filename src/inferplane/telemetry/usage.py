@@ -57,6 +57,7 @@ def query_usage(
         sa.func.coalesce(sa.func.sum(u.c.completion_tokens), 0).label("completion_tokens"),
         sa.func.coalesce(sa.func.sum(u.c.cost_nusd), 0).label("cost_nusd"),
         sa.func.sum(sa.case((u.c.status >= 400, 1), else_=0)).label("errors"),
+        sa.func.sum(sa.case((u.c.cache_hit, 1), else_=0)).label("cache_hits"),
     ).group_by(*[c for c in columns])
     if start is not None:
         query = query.where(u.c.created_at >= db_time(engine, start))
@@ -74,6 +75,7 @@ def query_usage(
         item["completion_tokens"] = int(item["completion_tokens"])
         item["total_tokens"] = item["prompt_tokens"] + item["completion_tokens"]
         item["errors"] = int(item["errors"] or 0)
+        item["cache_hits"] = int(item["cache_hits"] or 0)
         item["cost_usd"] = int(row["cost_nusd"]) / 1e9
         out.append(item)
     return out

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from inferplane.api.openai.common import queue_deadline, usage
 from inferplane.api.services import services
+from inferplane.cache.responses import Directives
 from inferplane.errors import InferplaneError
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
@@ -65,6 +66,7 @@ async def start(
         body.size_hint(),
         body.sampling(),
         stream=body.stream,
+        directives=Directives.parse(request.headers.get("cache-control")),
         route=RouteRequest(
             data_class=request.headers.get("x-inferplane-data-class"),
             region=request.headers.get("x-inferplane-region"),
@@ -77,6 +79,14 @@ async def start(
         request.state.attempts = ctx.attempts
         request.state.deployment = ctx.deployment or "none"
         request.state.model_version = ctx.model_version or "none"
+        if ctx.dropped_turns:
+            request.state.dropped_turns = ctx.dropped_turns
+        if ctx.cache is not None:
+            request.state.cache = ctx.cache
+            if ctx.cache_age is not None:
+                request.state.cache_age = ctx.cache_age
+            if ctx.cache_score is not None:
+                request.state.cache_score = ctx.cache_score
     assert isinstance(first, Started)
     return Generation(events, first.prompt_tokens, ctx.model_version or "none")
 
