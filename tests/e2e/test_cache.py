@@ -54,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         f"  semantic: {{embedding_model: {EMB}, threshold: 0.9}}\n"
         "models:\n"
         f"  - id: {LLM}\n    engine: llamacpp\n    bundled: gemma3-270m-q4-k-m\n"
-        "    parallel: 2\n"
+        "    parallel: 2\n    context_policy: truncate\n"
         "    pricing: {input_per_million: 1.0, output_per_million: 2.0}\n"
         f"  - id: {EMB}\n    engine: sentence_transformers\n    bundled: all-minilm-l6-v2\n"
     )
@@ -335,7 +335,7 @@ def test_a_paraphrase_hits_the_semantic_cache_and_an_unrelated_prompt_does_not(
     )
 
 
-def test_replicas_share_the_cache_through_redis_and_a_redis_fault_is_a_miss(
+def test_replicas_share_exact_and_semantic_entries_through_redis_and_a_fault_is_a_miss(
     tmp_path: Path, upstream: str
 ) -> None:
     from tests.e2e.services import postgres, redis_server
@@ -343,9 +343,10 @@ def test_replicas_share_the_cache_through_redis_and_a_redis_fault_is_a_miss(
     config = tmp_path / "c.yaml"
     config.write_text(
         "server: {replicas: 2, redis_failure_mode: local}\n"
-        "cache: {backend: redis, ttl_s: 60}\n"
+        "cache: {backend: redis, ttl_s: 60, semantic: {embedding_model: " + EMB + "}}\n"
         "models:\n  - id: shared-chat\n    deployments:\n"
         f"      - {{name: fast, engine: openai_compatible, base_url: '{upstream}', model: f}}\n"
+        f"  - id: {EMB}\n    engine: sentence_transformers\n    bundled: all-minilm-l6-v2\n"
     )
     with postgres() as db, redis_server() as rd:
         env = {"INFERPLANE_DATABASE_URL": db, "INFERPLANE_REDIS_URL": rd.url}
@@ -356,25 +357,56 @@ def test_replicas_share_the_cache_through_redis_and_a_redis_fault_is_a_miss(
             with a.http() as admin:
                 key = admin.post("/admin/v1/keys", json={"name": "shared"}).json()["key"]
 
-            def ask(server: Server) -> httpx.Response:
+            def ask(server: Server, content: str = "shared?", store: bool = True) -> str:
                 with server.http(key) as http:
                     resp = http.post(
                         "/v1/chat/completions",
                         json={
                             "model": "shared-chat",
-                            "messages": [{"role": "user", "content": "shared?"}],
+                            "messages": [{"role": "user", "content": content}],
                             "temperature": 0,
                         },
+                        headers={} if store else {"cache-control": "no-store"},
                     )
                 assert resp.status_code == 200, resp.text
-                return resp
+                return resp.headers["x-inferplane-cache"]
 
-            assert ask(a).headers["x-inferplane-cache"] == "miss"
-            deadline = time.monotonic() + 5  # the store step runs after the answer
-            while (got := ask(b).headers["x-inferplane-cache"]) != "hit":
-                assert time.monotonic() < deadline, got
-                time.sleep(0.05)
+            def until(server: Server, content: str, want: str) -> None:
+                # The store step runs after the answer, and reaches the other replica
+                # through Redis: poll (without storing, so only the first replica's
+                # entry can answer).
+                deadline = time.monotonic() + 10
+                while (got := ask(server, content, store=False)) != want:
+                    assert time.monotonic() < deadline, got
+                    time.sleep(0.05)
+
+            assert ask(a) == "miss"
+            until(b, "shared?", "hit")
+            assert ask(a, "What is the capital of France?") == "miss"
+            until(b, "Which city is the capital of France?", "semantic-hit")
             rd.stop()
             down = ask(b)
-            assert down.headers["x-inferplane-cache"] == "miss"
+            assert down == "miss"
             assert "Redis unreachable" in b.text()
+
+
+def test_a_chat_too_long_for_the_context_loses_its_oldest_turns(server: Server) -> None:
+    key = _org_key(server)
+    turn = "Here is a fairly long remark about the weather, the sea and the hills. " * 4
+    messages = [{"role": "system", "content": "You are brief."}]
+    for i in range(40):  # about 2,600 tokens: more than the 2,048-token context
+        messages += [
+            {"role": "user", "content": f"{i}: {turn}"},
+            {"role": "assistant", "content": "Noted."},
+        ]
+    messages.append({"role": "user", "content": "Say yes."})
+    with server.http(key["key"]) as http:
+        resp = http.post(
+            "/v1/chat/completions",
+            json={"model": LLM, "messages": messages, "max_tokens": 8, "temperature": 0},
+        )
+    assert resp.status_code == 200, resp.text
+    dropped = int(resp.headers["x-inferplane-context-truncated"])
+    assert 0 < dropped < 80
+    usage = resp.json()["usage"]
+    assert usage["prompt_tokens"] + 8 <= 2048

@@ -40,6 +40,7 @@ from inferplane.api.openai.models.router import router as models_router
 from inferplane.api.services import Services
 from inferplane.cache.responses import Embedder, ResponseCache, Semantic
 from inferplane.cache.semantic import SemanticIndex
+from inferplane.cache.shared import SemanticFeed
 from inferplane.cache.store import EntryStore, MemoryStore, RedisStore
 from inferplane.config import Settings
 from inferplane.engines.assets import provision
@@ -82,6 +83,8 @@ def create_app(settings: Settings) -> ASGIApp:
             yield
         finally:
             services.accepting = False
+            if services.inference.cache is not None:  # its last stores, while workers run
+                await services.inference.cache.aclose()
             await services.supervisor.stop()
             await services.inference.router.aclose()
             await services.ledger.close()  # flush every record of an answered request
@@ -172,6 +175,9 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     await routes.apply(await asyncio.to_thread(deployments.all))
     routes.router.start_health_checks(settings.server.health_interval_s)
     routes_ready.extend([routes, deployments])
+    cache = _response_cache(settings, metrics, client, models)
+    if cache is not None:
+        cache.start()
     return Services(
         settings=settings,
         metrics=metrics,
@@ -185,7 +191,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
             Admitter(limiter, shared_budgets, prices, ledger),
             ledger,
             metrics,
-            _response_cache(settings, metrics, client, models),
+            cache,
         ),
         routes=routes,
         deployments=deployments,
@@ -211,9 +217,10 @@ def _response_cache(
     semantic = None
     if cfg.semantic is not None:
         embedder = models[cfg.semantic.embedding_model]
-        semantic = Semantic(
-            SemanticIndex(cfg.semantic.max_bytes), _embed_with(embedder), cfg.semantic.threshold
-        )
+        index = SemanticIndex(cfg.semantic.max_bytes)
+        # With the Redis store, replicas share their semantic entries too.
+        feed = SemanticFeed(redis, index) if cfg.backend == "redis" and redis else None
+        semantic = Semantic(index, _embed_with(embedder), cfg.semantic.threshold, feed)
     return ResponseCache(
         store,
         metrics,

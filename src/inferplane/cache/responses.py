@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from inferplane.cache.semantic import SemanticIndex, normalised
+from inferplane.cache.shared import SemanticFeed
 from inferplane.cache.store import EntryStore
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.records import Principal
@@ -123,6 +124,7 @@ class Semantic:
     index: SemanticIndex
     embed: Embedder
     threshold: float
+    feed: SemanticFeed | None = None  # shares entries with other replicas (Redis)
 
 
 class ResponseCache:
@@ -145,6 +147,16 @@ class ResponseCache:
         self.hit_cost_fraction = hit_cost_fraction
         self._pending: set[asyncio.Task[None]] = set()
         self._semantic = semantic
+
+    def start(self) -> None:
+        if self._semantic is not None and self._semantic.feed is not None:
+            self._semantic.feed.start()
+
+    async def aclose(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._semantic is not None and self._semantic.feed is not None:
+            await self._semantic.feed.aclose()
 
     def plan(
         self,
@@ -231,6 +243,8 @@ class ResponseCache:
                 if lookup.vector is None:  # no lookup ran (no-cache): embed now
                     lookup.vector = normalised(await sem.embed(lookup.text))
                 sem.index.add(lookup.partition, lookup.vector, lookup.key)
+                if sem.feed is not None:
+                    await sem.feed.publish(lookup.partition, lookup.vector, lookup.key)
         except Exception:
             log.exception("response cache: answer not stored")
 

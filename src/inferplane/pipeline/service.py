@@ -263,7 +263,9 @@ class InferenceService:
     async def _prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
         """Template + tokenize + context check, with the model's own tokenizer."""
         assert model.prompts is not None
-        if size_hint <= _INLINE_TOKENIZE_BYTES:
+        # Truncation tokenizes the chat again per step of its search: a thread sooner.
+        inline = _INLINE_TOKENIZE_BYTES // (8 if model.spec.context_policy == "truncate" else 1)
+        if size_hint <= inline:
             return model.prompts.prepare(**kwargs)
         return await asyncio.to_thread(model.prompts.prepare, **kwargs)
 
