@@ -6,7 +6,9 @@
 - response headers: `x-request-id`, `x-inferplane-model-version` and
   `x-inferplane-deployment` on every response ("none" where no model served it);
 - the admission's `x-ratelimit-*` headers, on successes as on 429s;
-- `x-inferplane-cache` (and `Age` on a hit) where the response cache was consulted;
+- `x-inferplane-cache` (with `Age` on a hit, `x-inferplane-cache-score` on a semantic
+  one) where the response cache was consulted, `x-inferplane-context-truncated` where
+  the context policy left chat turns out;
 - metrics: requests by route/model/status, duration, in-flight.
 """
 

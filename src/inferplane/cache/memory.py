@@ -45,16 +45,12 @@ class LruBytes:
             self._drop(key)
         evicted = []
         while self.bytes + size > self.max_bytes:
-            old, (_, value) = self._items.popitem(last=False)
-            self.bytes -= len(value) + ENTRY_OVERHEAD
+            old, (_, gone) = self._items.popitem(last=False)
+            self.bytes -= len(gone) + ENTRY_OVERHEAD
             evicted.append(old)
         self._items[key] = (self._clock() + ttl_s, value)
         self.bytes += size
         return evicted
-
-    def delete(self, key: str) -> None:
-        if key in self._items:
-            self._drop(key)
 
     def _drop(self, key: str) -> None:
         _, value = self._items.pop(key)

@@ -19,7 +19,7 @@ def test_the_least_recently_used_entries_leave_to_respect_the_byte_bound() -> No
     assert lru.get("a") == b"x" * 100  # a is now the most recently used
     assert lru.put("d", b"y" * 150, 60) == ["b", "c"]
     assert (lru.get("b"), lru.get("c")) == (None, None)
-    assert lru.get("a") is not None and lru.get("d") is not None
+    assert lru.get("a") == b"x" * 100 and lru.get("d") == b"y" * 150
     assert lru.bytes == 250 + 2 * ENTRY_OVERHEAD <= lru.max_bytes
     assert lru.put("huge", b"z" * 10_000, 60) == []  # larger than the bound: not kept
     assert lru.get("huge") is None and len(lru) == 2
