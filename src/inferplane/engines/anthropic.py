@@ -16,7 +16,7 @@ from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.openai_compatible import parse_json, status_error
-from inferplane.engines.upstream_http import UpstreamHTTP
+from inferplane.engines.upstream_http import UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
 
@@ -114,40 +114,55 @@ class AnthropicEngine:
     async def _stream(
         self, body: dict[str, Any], prompt_estimate: int
     ) -> AsyncIterator[GenerationEvent]:
-        async with self._http.stream(self._path, body) as (status, headers, lines):
+        async with self._http.stream(self._path, body) as (status, headers, batches):
             if status != 200:
-                raise status_error(status, headers, b"".join([line async for line in lines]))
+                raise status_error(status, headers, await read_all(batches))
             prompt, completion, pieces = prompt_estimate, 0, 0
             stop_reason: str | None = None
             started = ended = False
-            async for line in lines:
-                if not line.startswith(b"data:"):
-                    continue
-                event = parse_json(line[5:].strip())
-                kind = event.get("type")
-                if kind == "message_start":
-                    usage = (event.get("message") or {}).get("usage") or {}
-                    prompt = int(usage.get("input_tokens") or prompt_estimate)
-                    started = True
-                    yield Started(prompt)
-                elif kind == "content_block_delta":
-                    text = (event.get("delta") or {}).get("text")
-                    if text:
-                        pieces += 1
-                        yield TextDelta(text, pieces)
-                elif kind == "message_delta":
-                    stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
-                    completion = int((event.get("usage") or {}).get("output_tokens") or pieces)
-                elif kind == "message_stop":
-                    ended = True
+            async for batch in batches:
+                # What this batch holds, parsed before any of it is passed on, so each
+                # text but the last can say that more follows at once.
+                events: list[GenerationEvent] = []
+                failure: UpstreamError | None = None
+                for line in batch:
+                    if not line.startswith(b"data:"):
+                        continue
+                    event = parse_json(line[5:].strip())
+                    kind = event.get("type")
+                    if kind == "message_start":
+                        usage = (event.get("message") or {}).get("usage") or {}
+                        prompt = int(usage.get("input_tokens") or prompt_estimate)
+                        started = True
+                        events.append(Started(prompt))
+                    elif kind == "content_block_delta":
+                        text = (event.get("delta") or {}).get("text")
+                        if text:
+                            pieces += 1
+                            events.append(TextDelta(text, pieces))
+                    elif kind == "message_delta":
+                        stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                        completion = int((event.get("usage") or {}).get("output_tokens") or pieces)
+                    elif kind == "message_stop":
+                        ended = True
+                        break
+                    elif kind == "error":
+                        err = event.get("error") or {}
+                        overloaded = err.get("type") in ("overloaded_error", "api_error")
+                        failure = UpstreamError(
+                            f"The upstream failed mid-stream ({err.get('type')}).",
+                            reason="server_error" if overloaded else "stream",
+                        )
+                        break
+                last = len(events) - 1
+                for i, out in enumerate(events):
+                    if isinstance(out, TextDelta) and (i < last or ended):
+                        out = TextDelta(out.text, out.tokens_so_far, more=True)
+                    yield out
+                if failure is not None:
+                    raise failure
+                if ended:
                     break
-                elif kind == "error":
-                    err = event.get("error") or {}
-                    overloaded = err.get("type") in ("overloaded_error", "api_error")
-                    raise UpstreamError(
-                        f"The upstream failed mid-stream ({err.get('type')}).",
-                        reason="server_error" if overloaded else "stream",
-                    )
             if not (started and ended):
                 raise UpstreamError("The upstream's stream ended early.", reason="stream")
             yield Finished(_finish(stop_reason, pieces > 0), prompt, completion)

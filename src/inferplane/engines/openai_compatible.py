@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.upstream_http import UpstreamHTTP
+from inferplane.engines.upstream_http import UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
 
@@ -57,30 +57,44 @@ class OpenAICompatibleEngine:
                 yield event
             return
         body["stream_options"] = {"include_usage": True}
-        async with self._http.stream(_PATHS[endpoint], body) as (status, headers, lines):
+        async with self._http.stream(_PATHS[endpoint], body) as (status, headers, batches):
             if status != 200:
-                raise status_error(status, headers, b"".join([line async for line in lines]))
+                raise status_error(status, headers, await read_all(batches))
             yield Started(prompt_estimate)
-            pieces, finish, usage = 0, None, None
-            async for line in lines:
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
+            pieces, finish, usage, done = 0, None, None, False
+            async for batch in batches:
+                # The batch's texts are all in hand: each but the last says more follows.
+                texts: list[str] = []
+                failure: UpstreamError | None = None
+                for line in batch:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    chunk = parse_json(data)
+                    if "error" in chunk:
+                        failure = UpstreamError(
+                            f"The upstream failed mid-stream: {_message(chunk)}", reason="stream"
+                        )
+                        break
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") if chat else choice.get("text")
+                        if text:
+                            texts.append(text)
+                        finish = choice.get("finish_reason") or finish
+                last = len(texts) - 1
+                for i, text in enumerate(texts):
+                    pieces += 1
+                    # After [DONE] the `Finished` below follows at once.
+                    yield TextDelta(text, pieces, more=i < last or done)
+                if failure is not None:
+                    raise failure
+                if done:
                     break
-                chunk = parse_json(data)
-                if "error" in chunk:
-                    raise UpstreamError(
-                        f"The upstream failed mid-stream: {_message(chunk)}", reason="stream"
-                    )
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    text = delta.get("content") if chat else choice.get("text")
-                    if text:
-                        pieces += 1
-                        yield TextDelta(text, pieces)
-                    finish = choice.get("finish_reason") or finish
             else:
                 if finish is None:
                     raise UpstreamError("The upstream's stream ended early.", reason="stream")

@@ -14,6 +14,9 @@ class Started:
 class TextDelta:
     text: str
     tokens_so_far: int = 0  # completion tokens generated up to and including this text
+    # The source already holds the next event (it came in the same read from the
+    # upstream): a writer may send both in one write. Only a hint; never a wait.
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,7 +237,7 @@ class InferenceService:
             yield Started(answer.prompt_tokens)
             ctx.first_token_at = time.perf_counter()
             for part in answer.parts:
-                yield TextDelta(part, 0)
+                yield TextDelta(part, 0, more=True)  # all in hand: one write
             yield Finished(answer.finish_reason, answer.prompt_tokens, answer.completion_tokens)
 
     def _on_attempt(self, alias: Alias, dep: Deployment, outcome: str) -> None:

@@ -98,7 +98,7 @@ async def _connections_are_kept_alive_and_reused() -> None:
                 BODY,
             )
         async with http.stream("chat/completions", {"stream": True}) as (status, _, lines):
-            got = [line async for line in lines if line]
+            got = [line async for batch in lines for line in batch if line]
         assert status == 200 and got == [b"data: 0", b"data: 1", b"data: 2", b"data: [DONE]"]
         assert await http.post("chat/completions", {"x": 1}) == (
             200,

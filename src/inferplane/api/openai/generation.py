@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from inferplane.api.openai.common import queue_deadline, usage
 from inferplane.api.services import services
@@ -94,34 +95,50 @@ async def start(
 async def collect(request: Request, generation: Generation) -> tuple[str, Finished]:
     """The whole generation, for a non-streaming answer. A caller that disconnects stops
     it: the model's slot is freed at once (as for a stream) and the request is billed
-    for what was generated, with status 499.
-
-    The generation is collected in the request's own task; a watcher task cancels it
-    when the client leaves (one task per request instead of two and an asyncio.wait:
-    about 4 % of the gateway's CPU per request behind a fast upstream, profiled)."""
-    task = asyncio.current_task()
-    assert task is not None
-    left = finished = False
-
-    def on_leave(watcher: asyncio.Future[None]) -> None:
-        nonlocal left
-        if finished or watcher.cancelled() or watcher.exception() is not None:
-            return
-        left = True
-        task.cancel()  # `_collect`'s `finally` closes the generation: the worker cancels
-
-    watcher = asyncio.ensure_future(_disconnected(request))
-    watcher.add_done_callback(on_leave)
+    for what was generated, with status 499."""
+    watch = _ClientWatch(request)
     try:
         return await _collect(generation)
     except asyncio.CancelledError:
-        if not left:
+        if not watch.forgive():
             raise
-        task.uncancel()
         raise ClientGone() from None
     finally:
-        finished = True  # a callback already scheduled must not cancel what follows
-        watcher.cancel()
+        watch.stop()
+
+
+class _ClientWatch:
+    """Cancels the request's own task when its client disconnects.
+
+    The request is served in its own task; a watcher task cancels it when the client
+    leaves (one task per request instead of two and an asyncio.wait, or Starlette's
+    anyio task group per stream: about 4 % of the gateway's CPU per non-streaming request
+    and 15 % per stream behind a fast upstream, profiled). The cancellation unwinds the
+    generation, whose `finally` blocks free the model's slot and bill what was used."""
+
+    def __init__(self, request: Request):
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._left = self._stopped = False
+        self._watcher = asyncio.ensure_future(_disconnected(request))
+        self._watcher.add_done_callback(self._on_leave)
+
+    def _on_leave(self, watcher: asyncio.Future[None]) -> None:
+        if self._stopped or watcher.cancelled() or watcher.exception() is not None:
+            return
+        self._left = True
+        self._task.cancel()
+
+    def forgive(self) -> bool:
+        """Whether a cancellation came from the client leaving (then it is taken back)."""
+        if self._left:
+            self._task.uncancel()
+        return self._left
+
+    def stop(self) -> None:
+        self._stopped = True  # a callback already scheduled must not cancel what follows
+        self._watcher.cancel()
 
 
 async def _disconnected(request: Request) -> None:
@@ -155,7 +172,9 @@ async def _collect(generation: Generation) -> tuple[str, Finished]:
     raise InferplaneError("The generation ended without finishing.")
 
 
-ChunkFormatter = Callable[[GenerationEvent], Iterable[dict[str, Any]]]
+ChunkFormatter = Callable[[GenerationEvent], bytes]  # an event's SSE events ("data: ...")
+_MARK = "\x00text\x00"  # stands for a delta's text in a pre-serialized chunk
+_MARK_JSON = orjson.dumps(_MARK)
 
 
 @dataclass
@@ -171,39 +190,105 @@ class Chunks:
             out["usage"] = None
         return out
 
-    def finish(self, choice: dict[str, Any], event: Finished) -> Iterator[dict[str, Any]]:
-        yield self.chunk({**choice, "logprobs": None, "finish_reason": event.finish_reason})
+    def data(self, choice: dict[str, Any]) -> bytes:
+        return _data(self.chunk(choice))
+
+    def text_event(self, choice: Callable[[str], dict[str, Any]]) -> Callable[[str], bytes]:
+        """A text delta's event, serialized once around its text: per event only the
+        text is (the chunk's other fields are the same all through a response)."""
+        template = self.data(choice(_MARK))
+        at = template.rfind(_MARK_JSON)  # the choices come last, after caller-named fields
+        head, tail = template[:at], template[at + len(_MARK_JSON) :]
+        return lambda text: head + orjson.dumps(text) + tail
+
+    def finish(self, choice: dict[str, Any], event: Finished) -> bytes:
+        out = self.data({**choice, "logprobs": None, "finish_reason": event.finish_reason})
         if self.include_usage:
             last = self.chunk(None)
             last["usage"] = usage(event.prompt_tokens, event.completion_tokens)
-            yield last
+            out += _data(last)
+        return out
 
 
-def sse_response(generation: Generation, format_event: ChunkFormatter) -> StreamingResponse:
-    return StreamingResponse(
-        _sse(generation.events, format_event),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+def sse_response(
+    request: Request, generation: Generation, format_event: ChunkFormatter
+) -> EventStreamResponse:
+    return EventStreamResponse(request, generation.events, format_event)
 
 
 def _data(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def _sse(events: AsyncIterator[GenerationEvent], fmt: ChunkFormatter) -> AsyncIterator[bytes]:
-    try:
-        for chunk in fmt(Started(0)):
-            yield _data(chunk)
-        async for event in events:
-            for chunk in fmt(event):
-                yield _data(chunk)
-    except InferplaneError as exc:
-        # Headers are sent: the failure travels as an error event, then [DONE].
-        yield _data(exc.body())
-    except Exception:
-        log.exception("stream failed")
-        yield _data(InferplaneError("The server had an error while streaming.").body())
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    yield b"data: [DONE]\n\n"
+class EventStreamResponse(Response):
+    """A generation as server-sent events, one per chunk, ending with `data: [DONE]`.
+
+    Plain ASGI rather than Starlette's StreamingResponse: that one runs an anyio task
+    group per stream to notice a client leaving, and sends each chunk on its own.
+    Here the client is watched like a non-streaming request's (`_ClientWatch`), and
+    events that were in hand together (a `TextDelta` saying `more`: they came in one
+    read from the upstream) go out in one write, each still its own event: no event
+    waits for another. The end (finish chunk, usage, `[DONE]`) goes out with the
+    response's last write, after the pipeline has settled and recorded the request.
+    Behind a fast upstream sending 20 events at once this took the gateway from 25
+    writes per stream to 2 (head and body, back to back).
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, request: Request, events: AsyncIterator[GenerationEvent], fmt: ChunkFormatter
+    ):
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self._request = request
+        self._events = events
+        self._fmt = fmt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = _ClientWatch(self._request)
+        try:
+            await self._stream(send)
+        except asyncio.CancelledError:
+            if not watch.forgive():
+                raise
+        finally:
+            watch.stop()
+
+    async def _stream(self, send: Send) -> None:
+        events, fmt = self._events, self._fmt
+        head: Message | None = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": self.raw_headers,
+        }
+
+        async def write(held: list[bytes], more: bool) -> None:
+            # The head goes right before the first events (they are in hand by then:
+            # `start` returned on the first token), so the two writes reach the
+            # client together and it wakes once.
+            nonlocal head
+            if head is not None:
+                await send(head)
+                head = None
+            await send({"type": "http.response.body", "body": b"".join(held), "more_body": more})
+
+        held = [fmt(Started(0))]
+        try:
+            async for event in events:
+                held.append(fmt(event))
+                if isinstance(event, Finished) or (isinstance(event, TextDelta) and event.more):
+                    continue  # what follows is in hand already
+                await write(held, True)
+                held.clear()
+        except InferplaneError as exc:
+            # The status is committed: the failure travels as an error event, then [DONE].
+            held.append(_data(exc.body()))
+        except Exception:
+            log.exception("stream failed")
+            held.append(_data(InferplaneError("The server had an error while streaming.").body()))
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        held.append(b"data: [DONE]\n\n")
+        await write(held, False)

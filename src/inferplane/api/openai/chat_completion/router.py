@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -15,7 +13,7 @@ from inferplane.api.openai import generation
 from inferplane.api.openai.chat_completion.protocol import ChatCompletionRequest
 from inferplane.api.openai.common import new_id, usage
 from inferplane.api.responses import FastJSONResponse
-from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.pipeline.events import Finished, GenerationEvent, TextDelta
 
 router = APIRouter()
 
@@ -27,7 +25,9 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
     completion_id, created = new_id("chatcmpl"), int(time.time())
     if body.stream:
         return generation.sse_response(
-            gen, _chunks(completion_id, created, body.model, gen.version, body.include_usage)
+            request,
+            gen,
+            _chunks(completion_id, created, body.model, gen.version, body.include_usage),
         )
     text, done = await generation.collect(request, gen)
     return FastJSONResponse(
@@ -61,15 +61,16 @@ def _chunks(
         "system_fingerprint": version,
     }
     chunks = generation.Chunks(base, include_usage)
+    text = chunks.text_event(
+        lambda t: {"delta": {"content": t}, "logprobs": None, "finish_reason": None}
+    )
 
-    def format_event(event: GenerationEvent) -> Iterable[dict[str, Any]]:
-        if isinstance(event, Started):
-            role = {"role": "assistant", "content": ""}
-            yield chunks.chunk({"delta": role, "logprobs": None, "finish_reason": None})
-        elif isinstance(event, TextDelta):
-            delta = {"content": event.text}
-            yield chunks.chunk({"delta": delta, "logprobs": None, "finish_reason": None})
-        elif isinstance(event, Finished):
-            yield from chunks.finish({"delta": {}}, event)
+    def format_event(event: GenerationEvent) -> bytes:
+        if isinstance(event, TextDelta):
+            return text(event.text)
+        if isinstance(event, Finished):
+            return chunks.finish({"delta": {}}, event)
+        role = {"role": "assistant", "content": ""}  # Started
+        return chunks.data({"delta": role, "logprobs": None, "finish_reason": None})
 
     return format_event

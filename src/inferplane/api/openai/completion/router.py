@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -28,6 +26,7 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
     prefix = str(body.prompt) if body.echo else ""
     if body.stream:
         return generation.sse_response(
+            request,
             gen,
             _chunks(completion_id, created, body.model, gen.version, body.include_usage, prefix),
         )
@@ -63,13 +62,13 @@ def _chunks(
         "system_fingerprint": version,
     }
     chunks = generation.Chunks(base, include_usage)
+    text = chunks.text_event(lambda t: {"text": t, "logprobs": None, "finish_reason": None})
 
-    def format_event(event: GenerationEvent) -> Iterable[dict[str, Any]]:
+    def format_event(event: GenerationEvent) -> bytes:
         if isinstance(event, TextDelta):
-            yield chunks.chunk({"text": event.text, "logprobs": None, "finish_reason": None})
-        elif isinstance(event, Finished):
-            yield from chunks.finish({"text": ""}, event)
-        elif prefix:  # Started: echo the prompt first
-            yield chunks.chunk({"text": prefix, "logprobs": None, "finish_reason": None})
+            return text(event.text)
+        if isinstance(event, Finished):
+            return chunks.finish({"text": ""}, event)
+        return text(prefix) if prefix else b""  # Started: echo the prompt first
 
     return format_event
