@@ -5,8 +5,6 @@ upstream where a model version must change)."""
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,34 +13,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.server import Server, free_port, metric, running_server
+from tests.e2e.server import Server, metric, running_server
+from tests.e2e.upstreams import fast_upstream
 
 LLM, EMB = "gemma-3-270m", "all-minilm-l6-v2"
 TTL_S = 12  # long enough for a slow machine to run a test, short to wait out
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
     """A real HTTP upstream speaking the OpenAI API (the bench's fast one)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url + "/models", timeout=1)
-            break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "fast upstream did not start"
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with fast_upstream() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,47 @@
 """Real upstream servers for routing tests: llama-cpp-python's own OpenAI-compatible
-server (`python -m llama_cpp.server`, the `[server]` extra) on the bundled GGUF."""
+server (`python -m llama_cpp.server`, the `[server]` extra) on the bundled GGUF, and the
+bench's fast upstream (an instant, fixed answer) where what it says does not matter."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from tests.e2e.server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def fast_upstream() -> Iterator[str]:
+    """`bench/fast_upstream.py` in a subprocess; its OpenAI base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/models", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "fast upstream did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @dataclass

@@ -9,7 +9,6 @@ the grace period): refuse new work -> stop workers -> close the store.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import logging
 import sys
@@ -233,17 +232,12 @@ def _response_cache(
 
 
 def _embed_with(model: LocalModel) -> Embedder:
-    """The semantic cache's embedding call: straight to the model's worker (an internal
-    request: it is neither rate-limited nor billed to the caller)."""
+    """The semantic cache's embedding call (an internal request: not rate-limited or
+    billed to the caller)."""
 
     async def embed(text: str) -> np.ndarray:
-        client = await model.worker.client()
-        async for msg in client.stream({"op": "embed", "input": [text]}):
-            if msg["event"] == "embeddings":
-                return np.frombuffer(base64.b64decode(msg["data"]), dtype=np.float32)
-            if msg["event"] == "error":
-                raise RuntimeError(f"embedding for the semantic cache failed: {msg}")
-        raise RuntimeError("the embedding worker ended without a result")
+        vector: np.ndarray = (await model.vectors([text]))[0]
+        return vector
 
     return embed
 

@@ -64,6 +64,18 @@ def _deployment_kind(value: Any) -> str:
     return "remote" if engine in REMOTE_ENGINES else "local"
 
 
+class ComplexityClassifierSpec(_Strict):
+    """A small local embedding model decides whether a request needs a large model: the
+    request's final user turn is compared with examples of each kind (defaults: generic
+    English prompts, `routing.complexity`)."""
+
+    embedding_model: Name  # a local model of this config with engine sentence_transformers
+    large: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    small: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    # "large" when its examples' similarity beats the small ones' by more than this.
+    margin: Annotated[float, Field(ge=-1, le=1)] = 0.0
+
+
 class AliasSpec(_Strict):
     """`models:` entry with deployments: callers send `id`; routing picks a deployment."""
 
@@ -95,6 +107,8 @@ class AliasSpec(_Strict):
     breaker_cooldown_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     # Requests whose prompt has more tokens than this prefer deployments tagged `large`.
     complexity_tokens: Annotated[int, Field(ge=1)] | None = None
+    # And those a small embedding model judges complex (optional; either rule suffices).
+    complexity_classifier: ComplexityClassifierSpec | None = None
     limits: Limits = Limits()
     pricing: Price | None = None  # what callers are charged (as for local models)
     default_max_tokens: Annotated[int, Field(ge=1)] = 256

@@ -222,6 +222,19 @@ class Settings(_Strict):
     aliases: list[AliasSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _classifiers_need(self) -> Settings:
+        embedders = {m.id for m in self.models if m.engine == "sentence_transformers"}
+        for alias in self.aliases:
+            classifier = alias.complexity_classifier
+            if classifier is not None and classifier.embedding_model not in embedders:
+                raise ValueError(
+                    f"model '{alias.id}': complexity_classifier.embedding_model "
+                    f"'{classifier.embedding_model}' is not a local embedding model "
+                    "(engine sentence_transformers) of this config"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _cache_needs(self) -> Settings:
         if self.cache is None:
             return self

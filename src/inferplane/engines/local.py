@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+
+import numpy as np
 
 from inferplane.config import ModelSpec
 from inferplane.engines.assets import ModelAsset
@@ -37,6 +40,19 @@ class LocalModel:
     @property
     def kind(self) -> str:
         return "llm" if self.spec.engine == "llamacpp" else "embedding"
+
+    async def vectors(self, texts: list[str]) -> np.ndarray:
+        """An embedding model's vectors for the gateway's own use (the semantic cache,
+        the complexity classifier): straight to the worker, neither queued behind
+        callers nor billed. float32, one row per text."""
+        client = await self.worker.client()
+        async for msg in client.stream({"op": "embed", "input": texts}):
+            if msg["event"] == "embeddings":
+                data = np.frombuffer(base64.b64decode(msg["data"]), dtype=np.float32)
+                return data.reshape(len(texts), int(msg["dim"]))
+            if msg["event"] == "error":
+                raise RuntimeError(f"internal embedding by '{self.id}' failed")
+        raise RuntimeError(f"the embedding worker of '{self.id}' ended without a result")
 
 
 def load_local_model(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -46,6 +47,10 @@ _DEFAULT_DIRECTIVES = Directives()
 _BILLED = frozenset({200, 499})
 # Prompts longer than this are tokenized on a thread, off the event loop.
 _INLINE_TOKENIZE_BYTES = 16_384
+# The complexity classifier reads this much of the final user turn (its embedding model
+# reads a few hundred tokens), and is given up on after this long.
+_CLASSIFY_CHARS = 4_000
+_CLASSIFY_TIMEOUT_S = 2.0
 
 
 class InferenceService:
@@ -156,6 +161,10 @@ class InferenceService:
                 return
             ctx.cache = "miss"
 
+        long = alias.complexity_tokens is not None and n_prompt > alias.complexity_tokens
+        if alias.classifier is not None and not long and await self._complex(alias, prompt_input):
+            plan = self.router.plan(alias, dataclasses.replace(route, complex=True))
+
         def run(owner: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
             if dep.local is not None:
                 return self._run_local(
@@ -192,6 +201,24 @@ class InferenceService:
                     yield event
             finally:
                 ctx.attempts = state.count
+
+    async def _complex(self, alias: Alias, prompt_input: dict[str, Any]) -> bool:
+        """The alias's classifier's verdict on the request's final user turn (after
+        admission and the cache: a rejected or cached request costs no embedding). A
+        classifier that fails or is slow decides nothing."""
+        assert alias.classifier is not None
+        text = _final_user_text(prompt_input)
+        if not text:
+            return False
+        try:
+            async with asyncio.timeout(_CLASSIFY_TIMEOUT_S):
+                large = await alias.classifier.is_large(text[:_CLASSIFY_CHARS])
+        except Exception:
+            log.warning("complexity classifier of '%s' failed", alias.id, exc_info=True)
+            self._metrics.route_complexity.labels(alias.id, "failed").inc()
+            return False
+        self._metrics.route_complexity.labels(alias.id, "large" if large else "small").inc()
+        return large
 
     async def _cached(self, lookup: Lookup) -> Hit | None:
         assert self.cache is not None
@@ -443,6 +470,15 @@ def _estimate_tokens(prompt_input: dict[str, Any]) -> int:
         msgs = prompt_input["messages"]
         return sum(len(str(m.get("content") or "").encode()) // 4 + 4 for m in msgs) + 2
     return len(str(prompt_input.get("prompt") or "").encode()) // 4 + 1
+
+
+def _final_user_text(prompt_input: dict[str, Any]) -> str:
+    """What a complexity classifier reads: the last user message, or the prompt."""
+    messages = prompt_input.get("messages")
+    if messages is None:
+        return str(prompt_input.get("prompt") or "")
+    last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    return str((last or {}).get("content") or "")
 
 
 def _capped(prompt_input: dict[str, Any], cap: int | None) -> dict[str, Any]:

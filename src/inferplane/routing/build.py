@@ -19,6 +19,7 @@ from inferplane.engines.local import LocalModel, load_local_model
 from inferplane.engines.openai_compatible import OpenAICompatibleEngine
 from inferplane.engines.supervisor import ManagedWorker, Supervisor, WorkerStartError
 from inferplane.routing.breaker import CircuitBreaker
+from inferplane.routing.complexity import DEFAULT_LARGE, DEFAULT_SMALL, ComplexityClassifier
 from inferplane.routing.deployments import Alias, Deployment, RemoteEngine, alias_from_spec
 from inferplane.routing.router import Router
 from inferplane.routing.store import RuntimeDeployment
@@ -63,7 +64,7 @@ class RouteTable:
                 else:
                     key = self._env.get(d.api_key_env) if d.api_key_env else None
                     deployments.append(self._remote(spec, d, key))
-            self._base[spec.id] = alias_from_spec(spec, deployments)
+            self._base[spec.id] = alias_from_spec(spec, deployments, _classifier(spec, models))
         self.configured = {d.name for a in self._base.values() for d in a.deployments}
         self._runtime: dict[str, tuple[str, Deployment]] = {}  # name -> (fingerprint, dep)
         # Runtime local deployments' workers: name -> (worker fingerprint, model).
@@ -183,6 +184,18 @@ def _defaults(alias_id: str) -> AliasSpec:
 
 
 _NOT_WORKER = set(Routing.model_fields) | {"limits", "pricing", "listed"}
+
+
+def _classifier(spec: AliasSpec, models: dict[str, LocalModel]) -> ComplexityClassifier | None:
+    cfg = spec.complexity_classifier
+    if cfg is None:
+        return None
+    return ComplexityClassifier(
+        models[cfg.embedding_model].vectors,
+        cfg.large or DEFAULT_LARGE,
+        cfg.small or DEFAULT_SMALL,
+        margin=cfg.margin,
+    )
 
 
 def _fingerprint(item: RuntimeDeployment) -> str:

@@ -12,6 +12,7 @@ from inferplane.engines.local import LocalModel
 from inferplane.limits.policy import Limits
 from inferplane.pipeline.events import GenerationEvent
 from inferplane.routing.breaker import CircuitBreaker
+from inferplane.routing.complexity import ComplexityClassifier
 
 _EWMA = 0.2  # weight of the newest observation
 
@@ -135,7 +136,13 @@ class Alias:
     backoff_base_s: float = 0.05
     backoff_max_s: float = 2.0
     complexity_tokens: int | None = None
+    classifier: ComplexityClassifier | None = None
     default_max_tokens: int = 256
+
+    @property
+    def by_complexity(self) -> bool:
+        """Whether the alias prefers `large` deployments for complex requests."""
+        return self.complexity_tokens is not None or self.classifier is not None
 
     @property
     def local_llm(self) -> LocalModel | None:
@@ -143,7 +150,11 @@ class Alias:
         return next((d.local for d in self.deployments if d.local is not None), None)
 
 
-def alias_from_spec(spec: AliasSpec, deployments: list[Deployment]) -> Alias:
+def alias_from_spec(
+    spec: AliasSpec,
+    deployments: list[Deployment],
+    classifier: ComplexityClassifier | None = None,
+) -> Alias:
     return Alias(
         id=spec.id,
         deployments=deployments,
@@ -155,5 +166,6 @@ def alias_from_spec(spec: AliasSpec, deployments: list[Deployment]) -> Alias:
         backoff_base_s=spec.backoff_base_s,
         backoff_max_s=spec.backoff_max_s,
         complexity_tokens=spec.complexity_tokens,
+        classifier=classifier,
         default_max_tokens=spec.default_max_tokens,
     )

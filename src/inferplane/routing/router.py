@@ -79,8 +79,9 @@ class Router:
                 return
             seen.add(a.id)
             ordered = order(a.strategy, [d for d in a.deployments if allowed(d, req)])
-            if a.complexity_tokens is not None:
-                ordered = by_complexity(ordered, req.prompt_tokens > a.complexity_tokens)
+            if a.by_complexity:
+                long = a.complexity_tokens is not None and req.prompt_tokens > a.complexity_tokens
+                ordered = by_complexity(ordered, long or req.complex)
             now = time.monotonic()
             # Healthy ones first; the others stay in the plan, tried if they recover.
             ready = [d for d in ordered if d.ready(now)]

@@ -33,6 +33,7 @@ class RouteRequest:
     data_class: str | None = None
     region: str | None = None
     prompt_tokens: int = 0
+    complex: bool = False  # the alias's complexity classifier judged it so
 
 
 def allowed(dep: Deployment, req: RouteRequest) -> bool:

@@ -119,6 +119,13 @@ class Metrics:
             ["model", "deployment", "outcome"],
             registry=r,
         )
+        self.route_complexity = Counter(
+            "inferplane_route_complexity_total",
+            "Requests to an alias with a complexity classifier, by its verdict: small, large "
+            "or failed (the classifier could not run; the token threshold alone decided).",
+            ["model", "verdict"],
+            registry=r,
+        )
         self.breaker_transitions = Counter(
             "inferplane_breaker_transitions_total",
             "Circuit breaker state changes of a deployment.",

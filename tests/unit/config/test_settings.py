@@ -112,6 +112,19 @@ def test_an_alias_with_local_and_remote_deployments(tmp_path: Path) -> None:
         (_REMOTE.replace("strategy: weighted", "strategy: fastest"), "strategy"),
         (_REMOTE.replace("model: served", "modle: served"), "deployments.1.modle"),
         (_REMOTE.replace("api_key_env: UP_KEY", "api_key_env: 'not a name'"), "api_key_env"),
+        (
+            _REMOTE.replace(
+                "fallbacks: []", "fallbacks: []\n    complexity_classifier: {embedding_model: up}"
+            ),
+            "complexity_classifier.embedding_model 'up' is not a local embedding model",
+        ),
+        (
+            _REMOTE.replace(
+                "fallbacks: []",
+                "fallbacks: []\n    complexity_classifier: {embedding_model: e, large: []}",
+            ),
+            "complexity_classifier.large",
+        ),
     ],
 )
 def test_invalid_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:
