@@ -165,10 +165,13 @@ def test_weights_split_traffic(setup: Setup) -> None:
     client = setup.server.client(timeout=60)
     a0, b0 = setup.a.requests_served(), setup.b.requests_served()
     with ThreadPoolExecutor(4) as pool:
-        results = pool.map(lambda i: _complete(client, "split", False, i), range(400))
-        served = Counter(dep for _, dep in results)
+        results = list(
+            pool.map(lambda i: _complete_headers(client, "split", False, i)[1], range(400))
+        )
+    served = Counter(h["x-inferplane-deployment"] for h in results)
+    attempts = Counter(h["x-inferplane-attempts"] for h in results)  # said when it fails
     assert sum(served.values()) == 400
-    assert 0.85 <= served["a-90"] / 400 <= 0.95, served
+    assert 0.85 <= served["a-90"] / 400 <= 0.95, (served, attempts)
     # The upstreams' own logs agree with the response headers.
     assert setup.a.requests_served() - a0 == served["a-90"]
     assert setup.b.requests_served() - b0 == served["b-10"]
