@@ -13,9 +13,12 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from usearch.index import Index
+
+if TYPE_CHECKING:
+    from usearch.index import Index
 
 # Beside the vector: HNSW links (16 neighbours, two levels on average) and bookkeeping.
 ENTRY_OVERHEAD = 400
@@ -40,6 +43,10 @@ class Candidate:
 
 class SemanticIndex:
     def __init__(self, max_bytes: int):
+        # usearch takes about 15 MB of a process: loaded only where a semantic cache is.
+        from usearch.index import Index
+
+        self._index_type = Index
         self.max_bytes = max_bytes
         self.bytes = 0
         self._parts: dict[str, _Partition] = {}
@@ -75,7 +82,7 @@ class SemanticIndex:
             self.remove(oldest)
         part = self._parts.get(partition)
         if part is None:
-            index = Index(
+            index = self._index_type(
                 ndim=vector.shape[0],
                 metric="ip",
                 dtype="f32",
