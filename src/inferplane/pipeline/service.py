@@ -47,10 +47,6 @@ _DEFAULT_DIRECTIVES = Directives()
 _BILLED = frozenset({200, 499})
 # Prompts longer than this are tokenized on a thread, off the event loop.
 _INLINE_TOKENIZE_BYTES = 16_384
-# The complexity classifier reads this much of the final user turn (its embedding model
-# reads a few hundred tokens), and is given up on after this long.
-_CLASSIFY_CHARS = 4_000
-_CLASSIFY_TIMEOUT_S = 2.0
 
 
 class InferenceService:
@@ -203,16 +199,11 @@ class InferenceService:
                 ctx.attempts = state.count
 
     async def _complex(self, alias: Alias, prompt_input: dict[str, Any]) -> bool:
-        """The alias's classifier's verdict on the request's final user turn (after
-        admission and the cache: a rejected or cached request costs no embedding). A
-        classifier that fails or is slow decides nothing."""
+        """The alias's classifier's verdict (after admission and the cache: a rejected
+        or cached request costs no embedding). A classifier that fails decides nothing."""
         assert alias.classifier is not None
-        text = _final_user_text(prompt_input)
-        if not text:
-            return False
         try:
-            async with asyncio.timeout(_CLASSIFY_TIMEOUT_S):
-                large = await alias.classifier.is_large(text[:_CLASSIFY_CHARS])
+            large = await alias.classifier.judge(prompt_input)
         except Exception:
             log.warning("complexity classifier of '%s' failed", alias.id, exc_info=True)
             self._metrics.route_complexity.labels(alias.id, "failed").inc()
@@ -470,15 +461,6 @@ def _estimate_tokens(prompt_input: dict[str, Any]) -> int:
         msgs = prompt_input["messages"]
         return sum(len(str(m.get("content") or "").encode()) // 4 + 4 for m in msgs) + 2
     return len(str(prompt_input.get("prompt") or "").encode()) // 4 + 1
-
-
-def _final_user_text(prompt_input: dict[str, Any]) -> str:
-    """What a complexity classifier reads: the last user message, or the prompt."""
-    messages = prompt_input.get("messages")
-    if messages is None:
-        return str(prompt_input.get("prompt") or "")
-    last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    return str((last or {}).get("content") or "")
 
 
 def _capped(prompt_input: dict[str, Any], cap: int | None) -> dict[str, Any]:

@@ -8,18 +8,23 @@ examples are configurable per alias; the defaults below are generic English ones
 is the semantic-router approach (nearest labelled utterances), with no training step:
 the examples are embedded once, on first use.
 
-A classifier that fails (its worker down) decides nothing: the request is routed by the
-prompt-token threshold alone, and the failure is counted.
+A classifier that fails or is slow (its worker down) decides nothing: the request is
+routed by the prompt-token threshold alone, and the failure is counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 Embed = Callable[[list[str]], Awaitable[np.ndarray]]  # texts -> float32 rows
+# What is read of the final user turn (the embedding model reads a few hundred tokens),
+# and how long a verdict may take before it is given up on.
+READ_CHARS = 4_000
+TIMEOUT_S = 2.0
 
 DEFAULT_LARGE: tuple[str, ...] = (
     "Prove that there are infinitely many prime numbers, step by step.",
@@ -69,6 +74,15 @@ class ComplexityClassifier:
         self._vectors: tuple[np.ndarray, np.ndarray] | None = None
         self._lock = asyncio.Lock()
 
+    async def judge(self, prompt_input: dict[str, Any]) -> bool:
+        """Whether the request (its final user turn, or its prompt) needs a large model;
+        TimeoutError after `TIMEOUT_S`."""
+        text = final_user_text(prompt_input)
+        if not text:
+            return False
+        async with asyncio.timeout(TIMEOUT_S):
+            return await self.is_large(text[:READ_CHARS])
+
     async def is_large(self, text: str) -> bool:
         large, small = await self._example_vectors()
         (vector,) = _unit(await self._embed([text]))
@@ -86,6 +100,15 @@ class ComplexityClassifier:
                 rows = _unit(await self._embed(large + small))
                 self._vectors = (rows[: len(large)], rows[len(large) :])
             return self._vectors
+
+
+def final_user_text(prompt_input: dict[str, Any]) -> str:
+    """The last user message of a chat, or a completion's prompt."""
+    messages = prompt_input.get("messages")
+    if messages is None:
+        return str(prompt_input.get("prompt") or "")
+    last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    return str((last or {}).get("content") or "")
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

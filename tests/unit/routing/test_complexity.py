@@ -50,3 +50,26 @@ def test_nearest_examples_decide_and_examples_are_embedded_once() -> None:
 def test_the_margin_moves_the_boundary(margin: float, large: bool) -> None:
     classifier = ComplexityClassifier(BagOfWords(), LARGE, SMALL, margin=margin)
     assert asyncio.run(classifier.is_large("prove step")) is large
+
+
+def test_a_request_is_judged_by_its_final_user_turn_or_its_prompt() -> None:
+    embed = BagOfWords()
+    classifier = ComplexityClassifier(embed, LARGE, SMALL)
+    chat = {
+        "messages": [
+            {"role": "system", "content": "hi there"},
+            {"role": "user", "content": "prove the theorem step by step"},
+            {"role": "assistant", "content": "what is the capital"},
+        ]
+    }
+
+    async def run() -> list[bool]:
+        return [
+            await classifier.judge(chat),
+            await classifier.judge({"prompt": "hi there"}),
+            await classifier.judge({"messages": [{"role": "system", "content": "prove"}]}),
+        ]
+
+    assert asyncio.run(run()) == [True, False, False]
+    # The user's turn and the prompt were embedded; a chat with no user turn was not.
+    assert embed.calls[1:] == [["prove the theorem step by step"], ["hi there"]]
