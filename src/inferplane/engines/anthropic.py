@@ -18,7 +18,13 @@ from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.openai_compatible import parse_json, status_error
 from inferplane.engines.upstream_http import UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
-from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.pipeline.events import (
+    Finished,
+    GenerationEvent,
+    Started,
+    TextDelta,
+    in_hand,
+)
 
 API_VERSION = "2023-06-01"
 _FINISH = {
@@ -121,9 +127,7 @@ class AnthropicEngine:
             stop_reason: str | None = None
             started = ended = False
             async for batch in batches:
-                # What this batch holds, parsed before any of it is passed on, so each
-                # text but the last can say that more follows at once.
-                events: list[GenerationEvent] = []
+                events: list[GenerationEvent] = []  # all parsed before any is passed on
                 failure: UpstreamError | None = None
                 for line in batch:
                     if not line.startswith(b"data:"):
@@ -139,7 +143,7 @@ class AnthropicEngine:
                         text = (event.get("delta") or {}).get("text")
                         if text:
                             pieces += 1
-                            events.append(TextDelta(text, pieces))
+                            events.append(TextDelta(text, pieces, more=True))
                     elif kind == "message_delta":
                         stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
                         completion = int((event.get("usage") or {}).get("output_tokens") or pieces)
@@ -154,10 +158,7 @@ class AnthropicEngine:
                             reason="server_error" if overloaded else "stream",
                         )
                         break
-                last = len(events) - 1
-                for i, out in enumerate(events):
-                    if isinstance(out, TextDelta) and (i < last or ended):
-                        out = TextDelta(out.text, out.tokens_so_far, more=True)
+                for out in in_hand(events, then_more=ended):  # then `Finished`
                     yield out
                 if failure is not None:
                     raise failure

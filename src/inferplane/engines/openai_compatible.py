@@ -18,7 +18,13 @@ import orjson
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.upstream_http import UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
-from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.pipeline.events import (
+    Finished,
+    GenerationEvent,
+    Started,
+    TextDelta,
+    in_hand,
+)
 
 _PATHS = {"chat.completions": "chat/completions", "completions": "completions"}
 
@@ -63,8 +69,7 @@ class OpenAICompatibleEngine:
             yield Started(prompt_estimate)
             pieces, finish, usage, done = 0, None, None, False
             async for batch in batches:
-                # The batch's texts are all in hand: each but the last says more follows.
-                texts: list[str] = []
+                texts: list[GenerationEvent] = []  # all parsed before any is passed on
                 failure: UpstreamError | None = None
                 for line in batch:
                     if not line.startswith(b"data:"):
@@ -84,13 +89,11 @@ class OpenAICompatibleEngine:
                         delta = choice.get("delta") or {}
                         text = delta.get("content") if chat else choice.get("text")
                         if text:
-                            texts.append(text)
+                            pieces += 1
+                            texts.append(TextDelta(text, pieces, more=True))
                         finish = choice.get("finish_reason") or finish
-                last = len(texts) - 1
-                for i, text in enumerate(texts):
-                    pieces += 1
-                    # After [DONE] the `Finished` below follows at once.
-                    yield TextDelta(text, pieces, more=i < last or done)
+                for event in in_hand(texts, then_more=done):  # after [DONE]: `Finished`
+                    yield event
                 if failure is not None:
                     raise failure
                 if done:

@@ -29,6 +29,14 @@ class Finished:
 GenerationEvent = Started | TextDelta | Finished
 
 
+def in_hand(events: list[GenerationEvent], then_more: bool) -> list[GenerationEvent]:
+    """The events parsed from one read of an upstream, its texts made with `more=True`:
+    the last one keeps it only when another event follows at once (`then_more`)."""
+    if events and not then_more and isinstance(last := events[-1], TextDelta):
+        events[-1] = TextDelta(last.text, last.tokens_so_far)
+    return events
+
+
 @dataclass(frozen=True, slots=True)
 class Embeddings:
     vectors: bytes  # float32, row-major, len(inputs) x dim
