@@ -7,14 +7,29 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
+# llama-cpp-python compiles for this machine (-march=native) but without llama.cpp's AMX
+# kernels: where a host advertises AMX that the (virtual) machine does not grant, every
+# decode crashed in ggml_backend_amx_mul_mat (SIGSEGV). Built once, about 7 minutes on 2
+# cores, into WHEELS outside the clone, so fresh clones (CI) reuse it.
+WHEELS ?= $(HOME)/.cache/inferplane/wheels
+LLAMA_CPP := 0.3.36
+LLAMA_WHEEL := $(WHEELS)/no-amx/llama_cpp_python-$(LLAMA_CPP)-py3-none-linux_x86_64.whl
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+
 # torch first, pinned: its local CPU wheel. A bare `torch` would pull a multi-GB CUDA build.
-# llama-cpp-python compiles on first install (about 7 minutes on 2 cores); pip caches it.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LLAMA_WHEEL)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps $(LLAMA_WHEEL)
 	$(BIN)/python -m pip install -q -e .
 	touch $@
+
+$(LLAMA_WHEEL):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	mkdir -p $(dir $@)
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(BIN)/python -m pip wheel -q --no-deps \
+		--no-binary llama-cpp-python --no-cache-dir -w $(dir $@) llama-cpp-python==$(LLAMA_CPP)
 
 install-dev: $(VENV)/.installed-dev
 
