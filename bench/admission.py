@@ -4,7 +4,9 @@ Runs the real components in-process (SQLite store, the journaled ledger, and eit
 in-memory limiter or the Redis one against a real `redis-server` this script starts) on
 a key that has limits and a budget, and compares with the same loop on a key with none
 of them (admission off: authentication and the ledger record only, which every request
-pays). Prints medians per request in microseconds and the difference.
+pays). Prints medians per request in microseconds and the difference, for admission in
+one step (a remote deployment: `Admitter.admit`) and in two (a local tokenizer counts the
+prompt between them: `Admitter.enter`, then `Admitter.reserve`; no tokenizing here).
 
     .venv/bin/python bench/admission.py [--requests 5000]
 """
@@ -51,7 +53,12 @@ class _Model:
 
 
 async def measure(
-    tenancy: TenancyService, admitter: Admitter, ledger: UsageLedger, secret: str, n: int
+    tenancy: TenancyService,
+    admitter: Admitter,
+    ledger: UsageLedger,
+    secret: str,
+    n: int,
+    two_steps: bool = False,
 ) -> list[float]:
     model: Any = _Model()
     times = []
@@ -59,7 +66,12 @@ async def measure(
         start = time.perf_counter()
         principal = tenancy.authenticate(f"Bearer {secret}")
         ctx = RequestContext(f"req-{i}", principal, "completions")
-        admission = await admitter.admit(ctx, model, rate_scopes(principal, model), 20, 16)
+        scopes = rate_scopes(principal, model.id, model.spec.limits)
+        if two_steps:
+            admission = await admitter.enter(ctx, model.id, scopes)
+            await admitter.reserve(ctx, admission, 20, 16)
+        else:
+            admission = await admitter.admit(ctx, model.id, scopes, 20, 16)
         admission.settle(30, admission.cost(20, 10))
         ledger.record(
             UsageRecord(
@@ -117,8 +129,10 @@ async def run(n: int, redis_url: str, data: Path) -> dict[str, float]:
         await measure(tenancy, admitter, ledger, limited, 200)  # warm-up
         off = await measure(tenancy, admitter, ledger, plain, n)
         on = await measure(tenancy, admitter, ledger, limited, n)
+        two = await measure(tenancy, admitter, ledger, limited, n, two_steps=True)
         results[f"{name} off"] = statistics.median(off) * 1e6
         results[f"{name} on"] = statistics.median(on) * 1e6
+        results[f"{name} two"] = statistics.median(two) * 1e6
     await ledger.close()
     await client.aclose()
     engine.dispose()
@@ -140,6 +154,8 @@ def main() -> None:
             f"(auth + ledger record) -> admission adds {on - off:6.1f} us; whole stage "
             f"{on:6.1f} us (aim < {aim} us)"
         )
+        two = results[f"{backend} two"]
+        print(f"          in two steps (local tokenizer) {two:7.1f} us, {two - on:+6.1f} us")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
     InferplaneError                      500 api_error          (anything unexpected)
     ├── InvalidRequest                   400 invalid_request_error (carries `param`)
     │   └── ContextLengthExceeded        400 code=context_length_exceeded
+    │       ├── PromptBytesOverContext       (refused by its bytes, before tokenizing)
+    │       └── MaxTokensOverContext         400 invalid_value (max_tokens >= the context)
     ├── AuthenticationFailed             401 invalid_api_key
     ├── PermissionDenied                 403 permission_denied
     │   ├── ModelNotAllowed              403 model_not_allowed
     │   └── NoDeployment                 403 no_eligible_deployment (policy rules left none)
     ├── NotFound                         404 (model_not_found, key_not_found, ...)
     ├── PayloadTooLarge                  413 payload_too_large
+    ├── LoopDetected                     508 loop_detected (a request came back through us)
     ├── Overloaded                       429 queue_full (carries retry_after, queued, max_queued)
     ├── RateLimited                      429 rate_limit_exceeded (carries x-ratelimit-* numbers)
     ├── Unavailable                      503 (worker crashed / not ready; carries retry_after)
@@ -16,6 +19,8 @@
                                              carries why, whether another try may help,
                                              and the upstream's Retry-After; by reason
                                              400 / 429 / 504, see the class)
+        └── UpstreamResponseTooLarge     502 upstream_response_too_large (not a health
+                                             failure of the deployment)
 
 Each class carries the data of its case; `status`, `type` and `code` map it to HTTP and to
 OpenAI's error envelope in one place (`api.errors`). Third-party errors are translated at
@@ -131,6 +136,21 @@ class PayloadTooLarge(InferplaneError):
         self.limit_bytes = limit_bytes
 
 
+class LoopDetected(InferplaneError):
+    """The request carries this installation's own `x-inferplane-via` mark: a deployment
+    points back at the gateway (directly or through other gateways)."""
+
+    status = 508
+    type = "invalid_request_error"
+    code = "loop_detected"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This request has already passed through this gateway: a deployment's base_url "
+            "points back at it. Fix the deployment's URL."
+        )
+
+
 class Overloaded(InferplaneError):
     """A bounded queue is full: try again after `retry_after` seconds."""
 
@@ -216,6 +236,7 @@ class UpstreamError(InferplaneError):
         "content_filter": (400, "invalid_request_error", "content_filter"),
         "rate_limited": (429, "rate_limit_error", "upstream_rate_limited"),
         "timeout": (504, "server_error", "upstream_timeout"),
+        "too_large": (502, "server_error", "upstream_response_too_large"),
     }
 
     def __init__(
@@ -248,3 +269,57 @@ class UpstreamError(InferplaneError):
     def same_deployment_may_succeed(self) -> bool:
         """False where only another deployment can help (too long, filtered)."""
         return self.reason not in ("invalid", "context_length", "content_filter")
+
+
+class MaxTokensOverContext(ContextLengthExceeded):
+    """`max_tokens` asks for the model's whole context or more: no prompt leaves room.
+    A ContextLengthExceeded, so that an alias's other deployments may still serve the
+    request; `prompt_tokens` is 0 (refused before the prompt was tokenized)."""
+
+    code = "invalid_value"
+
+    def __init__(self, *, max_tokens: int, context_size: int):
+        InvalidRequest.__init__(
+            self,
+            f"max_tokens is {max_tokens}, but this model's context holds {context_size} "
+            "tokens in all, prompt and completion. Lower max_tokens.",
+            param="max_tokens",
+        )
+        self.max_tokens = max_tokens
+        self.prompt_tokens = 0
+        self.context_size = context_size
+
+
+class PromptBytesOverContext(ContextLengthExceeded):
+    """A prompt refused before it was tokenized: its bytes alone need more tokens than the
+    context holds, no token of the model standing for more than a few dozen bytes.
+    `prompt_tokens` is that lower bound."""
+
+    def __init__(self, *, prompt_tokens: int, prompt_bytes: int, context_size: int, param: str):
+        InvalidRequest.__init__(
+            self,
+            f"This model's maximum context length is {context_size} tokens, but the request "
+            f"has at least {prompt_tokens} prompt tokens ({prompt_bytes} bytes). "
+            "Shorten the input.",
+            param=param,
+        )
+        self.prompt_tokens = prompt_tokens
+        self.prompt_bytes = prompt_bytes
+        self.context_size = context_size
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """A remote deployment's answer ran past its `max_response_bytes` (a whole body, or
+    all of one stream). Not a mark against the deployment's health, and not worth
+    asking it again; another deployment may answer within bounds."""
+
+    def __init__(self, deployment: str, limit_bytes: int):
+        super().__init__(
+            f"Deployment '{deployment}' answered more than {limit_bytes} bytes.",
+            reason="too_large",
+        )
+        self.limit_bytes = limit_bytes
+
+    @property
+    def same_deployment_may_succeed(self) -> bool:
+        return False

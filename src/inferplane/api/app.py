@@ -53,6 +53,7 @@ from inferplane.limits.redis_limiter import RedisLimiter
 from inferplane.pipeline.admission import Admitter
 from inferplane.pipeline.service import InferenceService
 from inferplane.routing.build import RouteTable
+from inferplane.routing.policy import DataPolicy
 from inferplane.routing.secrets import SecretBox
 from inferplane.routing.store import DeploymentStore
 from inferplane.store.database import open_database, sqlite_url
@@ -93,7 +94,10 @@ def create_app(settings: Settings) -> ASGIApp:
                 await services.redis.aclose()
             services.tenancy.store.engine.dispose()
 
-    app = FastAPI(title="inferplane", version=__version__, lifespan=lifespan)
+    # No trailing-slash redirects: Starlette builds their Location from the Host header.
+    app = FastAPI(
+        title="inferplane", version=__version__, lifespan=lifespan, redirect_slashes=False
+    )
     install_error_handlers(app)
     for router in (
         chat_router,
@@ -168,8 +172,8 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
         worker = supervisor.add(spec, asset)
         models[spec.id] = await asyncio.to_thread(load_local_model, spec, asset, worker, metrics)
     await supervisor.start()
-    routes = RouteTable(settings, models, metrics, supervisor)
     box = await asyncio.to_thread(SecretBox.open, settings.data_dir, settings.secret_key)
+    routes = RouteTable(settings, models, metrics, supervisor, installation_id=box.installation_id)
     deployments = DeploymentStore(engine, box)
     await routes.apply(await asyncio.to_thread(deployments.all))
     routes.router.start_health_checks(settings.server.health_interval_s)
@@ -177,6 +181,7 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
     cache = _response_cache(settings, metrics, client, models)
     if cache is not None:
         cache.start()
+    policy = DataPolicy(settings.policy)
     return Services(
         settings=settings,
         metrics=metrics,
@@ -191,9 +196,12 @@ async def _open(settings: Settings, metrics: Metrics) -> Services:
             ledger,
             metrics,
             cache,
+            policy,
         ),
         routes=routes,
         deployments=deployments,
+        policy=policy,
+        installation_id=box.installation_id,
         notices=notices,
         redis=client,
         started_at=int(time.time()),

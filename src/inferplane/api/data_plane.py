@@ -22,6 +22,8 @@ from inferplane.api.errors import response_for
 from inferplane.api.openai.chat_completion.router import create_chat_completion
 from inferplane.api.openai.completion.router import create_completion
 from inferplane.api.openai.embedding.router import create_embeddings
+from inferplane.api.services import services
+from inferplane.errors import LoopDetected
 from inferplane.tenancy.records import Principal
 
 Endpoint = Callable[[Request, Principal], Awaitable[Response]]
@@ -45,6 +47,17 @@ _ROUTES = {
 }
 
 
+VIA_HEADER = "x-inferplane-via"
+
+
+def _check_loop(request: Request) -> None:
+    """Refuse a request that this installation sent (it would go round again)."""
+    mine = services(request).installation_id
+    marks = ",".join(request.headers.getlist(VIA_HEADER)).split(",")
+    if mine in (m.strip() for m in marks):
+        raise LoopDetected()
+
+
 class DataPlane:
     def __init__(self, app: FastAPI):
         self.app = app
@@ -58,6 +71,8 @@ class DataPlane:
         scope["route"] = route
         request = Request(scope, receive)
         try:
+            if VIA_HEADER in request.headers:
+                _check_loop(request)
             principal = await authenticate(request, request.headers.get("authorization"))
             response = await route.endpoint(request, principal)
         except Exception as exc:  # every failure becomes an OpenAI-style answer

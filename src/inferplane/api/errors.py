@@ -25,13 +25,22 @@ def error_response(exc: InferplaneError) -> JSONResponse:
 def _param(loc: tuple[Any, ...]) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     # Drop pydantic's union-branch tags ("str", "list[str]", "function-after[...]").
-    parts = [p for p in parts if not (("[" in p and "]" in p) or p in {"str", "int", "float"})]
+    parts = [p for p in parts if not _union_tag(p)]
     if not parts:
         return None
     out = parts[0]
     for p in parts[1:]:
         out += f"[{p}]" if p.isdigit() else f".{p}"
     return out
+
+
+def _union_tag(part: str) -> bool:
+    """pydantic's name of a union branch in an error's location, not a field."""
+    return (
+        ("[" in part and "]" in part)
+        or part in {"str", "int", "float"}
+        or (part.startswith("constrained-"))
+    )
 
 
 def validation_error(exc: RequestValidationError | ValidationError) -> InvalidRequest:

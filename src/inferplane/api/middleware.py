@@ -2,7 +2,8 @@
 
 - request id: the client's `x-request-id` if it is sane, else a new one;
 - body limit: bodies are read up to `max_body_bytes` before the app sees them; beyond
-  that the caller gets 413 (whether or not it sent Content-Length);
+  that the caller gets 413 (whether or not it sent Content-Length); a client that
+  disconnects before its body is complete ends the request (the app is not called);
 - response headers: `x-request-id`, `x-inferplane-model-version` and
   `x-inferplane-deployment` on every response ("none" where no model served it);
 - the admission's `x-ratelimit-*` headers, on successes as on 429s;
@@ -79,7 +80,11 @@ class GatewayMiddleware:
         self.metrics.in_flight.inc()
         try:
             if scope["method"] in _BODY_METHODS:
-                body = await self._read_body(receive)
+                try:
+                    body = await self._read_body(receive)
+                except _ClientLeft:
+                    status = 499  # nginx's "client closed request": there is no one to answer
+                    return
                 if body is None:
                     await self._reject_too_large(send_with_headers)
                     return
@@ -99,7 +104,7 @@ class GatewayMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _ClientLeft()  # a truncated body must not be served as a request
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -115,6 +120,10 @@ class GatewayMiddleware:
         response = error_response(PayloadTooLarge(self.max_body_bytes))
         response.headers["connection"] = "close"
         await response({"type": "http"}, _no_receive, send)
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before its request body was complete."""
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

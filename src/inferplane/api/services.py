@@ -12,6 +12,7 @@ from inferplane.engines.supervisor import Supervisor
 from inferplane.limits.pricing import PriceBook
 from inferplane.pipeline.service import InferenceService
 from inferplane.routing.build import RouteTable
+from inferplane.routing.policy import DataPolicy
 from inferplane.routing.store import DeploymentStore
 from inferplane.store.notices import ChangeNotices
 from inferplane.telemetry.ledger import UsageLedger
@@ -31,6 +32,8 @@ class Services:
     started_at: int
     routes: RouteTable
     deployments: DeploymentStore
+    policy: DataPolicy
+    installation_id: str  # sent upstream in x-inferplane-via; refused when it comes back
     notices: ChangeNotices | None = None
     redis: aioredis.Redis | None = None
     accepting: bool = True

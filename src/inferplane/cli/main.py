@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from inferplane.api.app import create_app
+    from inferplane.api.http_protocol import gateway_protocol
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -40,6 +41,10 @@ def _serve(args: argparse.Namespace) -> None:
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
+        # HTTP-layer limits (head size and time, body time, idle and write timeouts,
+        # connections per client), applied before the app; keep-alive is set there too.
+        http=gateway_protocol(settings.server.http),
+        ws="none",  # no WebSocket routes: an upgrade would escape the limits
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
         access_log=False,
         log_level="info",

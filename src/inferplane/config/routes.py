@@ -15,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from inferplane.limits.policy import Limits
 from inferplane.limits.pricing import Price
 
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
+# Model ids, alias ids, deployment names and tags: URL-safe, so each can be addressed as
+# one path segment (/v1/models/{id}, /admin/v1/deployments/{name}); no `/`, no leading dot.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN)]
+# A provider's API key: visible ASCII only (it goes into a request header: no CR/LF).
+PROVIDER_KEY_PATTERN = r"^[\x21-\x7e]+$"
+ProviderKey = Annotated[str, Field(min_length=1, max_length=4096, pattern=PROVIDER_KEY_PATTERN)]
 Strategy = Literal["weighted", "least_busy", "latency", "cost"]
 RemoteEngine = Literal["openai_compatible", "anthropic"]
 REMOTE_ENGINES = ("openai_compatible", "anthropic")
@@ -41,8 +47,9 @@ class RemoteDeployment(Routing):
 
     name: Name
     engine: RemoteEngine
-    base_url: Annotated[str, Field(pattern=r"^https?://")]
-    model: Annotated[str, Field(min_length=1)]  # the upstream's model name
+    # http(s) with a host (`routing.policy` also checks it against the config's policy).
+    base_url: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s]+$")]
+    model: Annotated[str, Field(min_length=1, max_length=256)]  # the upstream's model name
     # The API key is read from this environment variable at start-up; never from the file.
     api_key_env: str | None = None
     # Per attempt: the longest wait for the first token (for a non-streaming call, for the
@@ -51,6 +58,9 @@ class RemoteDeployment(Routing):
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     context_size: Annotated[int, Field(ge=16)] | None = None
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 100
+    # The longest answer read from it: a whole body, or all of one stream. Past it the
+    # answer is dropped (502, not counted against the deployment's health).
+    max_response_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 32 << 20
 
     @model_validator(mode="after")
     def _check_env(self) -> RemoteDeployment:

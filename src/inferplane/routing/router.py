@@ -6,7 +6,9 @@ a deployment whose breaker is open or whose upstream asked to wait (Retry-After)
 skipped; a failure before the first token reaches the caller moves on to the next
 candidate (after an exponential, jittered backoff when the plan comes round again); a
 failure after it ends the stream. Every attempt's verdict feeds the deployment's breaker
-and latency/error averages.
+and latency/error averages, but a failure that says nothing of the deployment's health
+(the request too long for it or filtered there, an answer over its `max_response_bytes`)
+gives no verdict: the deployment is only left out for the rest of this request.
 """
 
 from __future__ import annotations

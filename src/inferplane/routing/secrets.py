@@ -7,6 +7,7 @@ first start with mode 0600.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,6 +22,9 @@ class SecretBox:
             self._fernet = Fernet(key)
         except ValueError as exc:
             raise ConfigError("INFERPLANE_SECRET_KEY is not a valid Fernet key") from exc
+        # Names this installation in the loop-protection header (`x-inferplane-via`):
+        # replicas share the key, so they share the name; it reveals nothing of the key.
+        self.installation_id = hashlib.sha256(b"inferplane-via\x00" + key).hexdigest()[:16]
 
     @classmethod
     def open(cls, data_dir: Path, env_key: str | None) -> SecretBox:

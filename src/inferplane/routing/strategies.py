@@ -7,42 +7,26 @@ from dataclasses import dataclass
 
 from inferplane.routing.deployments import Deployment
 
-# Data classes a caller may declare (x-inferplane-data-class) and the deployment tags
-# each requires: confidential data goes only where it is tagged private.
-DATA_CLASS_TAGS: dict[str, frozenset[str]] = {
-    "public": frozenset(),
-    "internal": frozenset(),
-    "confidential": frozenset({"private"}),
-    "restricted": frozenset({"private"}),
-}
-
-
 _RNG = random.Random()
-_RANK = {name: i for i, name in enumerate(DATA_CLASS_TAGS)}
-
-
-def stricter(a: str | None, b: str | None) -> str | None:
-    """The more sensitive of two data classes (an unknown class counts as public)."""
-    return max((c for c in (a, b) if c), key=lambda c: _RANK.get(c, 0), default=None)
 
 
 @dataclass(frozen=True)
 class RouteRequest:
     """What policy rules read of a request and its caller."""
 
-    data_class: str | None = None
-    region: str | None = None
+    data_class: str | None = None  # known and normalized (`routing.policy`)
+    needs: frozenset[str] = frozenset()  # the tags its data class requires
+    region: str | None = None  # normalized
     prompt_tokens: int = 0
     complex: bool = False  # the alias's complexity classifier judged it so
 
 
 def allowed(dep: Deployment, req: RouteRequest) -> bool:
-    tags = set(dep.routing.tags)
-    needed = DATA_CLASS_TAGS.get(req.data_class or "", frozenset())
-    if not needed <= tags:
+    if req.needs and not req.needs <= {t.lower() for t in dep.routing.tags}:
         return False
     # Residency: a region asked for excludes deployments elsewhere (ours have none).
-    if req.region and dep.routing.region not in (None, req.region):
+    region = dep.routing.region
+    if req.region and region is not None and region.strip().lower() != req.region:
         return False
     context = dep.context_size
     return context is None or req.prompt_tokens < context

@@ -18,6 +18,8 @@ class TeamRecord:
     limits: Limits
     budget: Budget | None = None
     weight: float = 1.0  # share of a contended model's capacity, relative to other teams
+    # The team's metadata `data_class`: its keys' requests are at least that sensitive.
+    data_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +33,8 @@ class KeyRecord:
     priority: str  # "interactive" or "batch"
     expires_at: datetime | None
     budget: Budget | None = None
-    # The key's metadata `data_class` (e.g. "confidential"): every request it makes is
-    # routed as at least that sensitive, whatever its header says.
+    # The key's metadata `data_class` (e.g. "confidential"), normalized: every request it
+    # makes is routed as at least that sensitive, whatever its header says.
     data_class: str | None = None
 
 

@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from inferplane.limits.policy import Budget, Limits
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-Metadata = Annotated[dict[str, str], Field(max_length=64)]
+# Tags an admin attaches (OpenAI's bounds for metadata, widened to 64 pairs): `data_class`
+# is read by routing, the rest is kept and shown.
+Metadata = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=64)],
+        Annotated[str, Field(max_length=512)],
+    ],
+    Field(max_length=64),
+]
 Weight = Annotated[float, Field(gt=0, le=1000)]
 ModelPatterns = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=256)

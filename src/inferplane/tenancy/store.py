@@ -108,6 +108,7 @@ class TenancyStore:
                     Limits.model_validate(t.limits),
                     _budget(t.budget),
                     t.weight,
+                    _data_class(t.metadata),
                 )
                 for t in team_rows
             }
@@ -252,6 +253,11 @@ class TenancyStore:
 
     def update_key(self, key_id: str, cmd: KeyUpdate) -> dict[str, Any]:
         self._live_key(key_id)
+        if key_id == ADMIN_KEY_ID and cmd.expires_at is not None:
+            raise InvalidRequest(
+                "The bootstrap admin key cannot expire; rotate it with INFERPLANE_ADMIN_KEY.",
+                param="expires_at",
+            )
         values: dict[str, Any] = {
             k: v
             for k, v in cmd.model_dump(exclude_unset=True).items()
@@ -303,29 +309,39 @@ class TenancyStore:
         """Install the admin key. Returns a newly generated secret to print once, or None.
 
         With `secret` given (INFERPLANE_ADMIN_KEY) its hash replaces the stored one.
-        Without, a key is generated only if there is no admin key yet.
+        Without, a key is generated only if there is no admin key yet. Either way the
+        bootstrap key works after a restart: it cannot expire (an expiry stored by an
+        older version is cleared) and cannot be revoked.
         """
         with self.engine.begin() as conn:
             existing = conn.execute(
                 sa.select(api_keys.c.key_hash).where(api_keys.c.id == ADMIN_KEY_ID)
             ).first()
             if secret is None and existing is not None:
+                conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.id == ADMIN_KEY_ID)
+                    .values(expires_at=None, revoked_at=None, role="admin")
+                )
                 return None
             generated = None
             if secret is None:
                 secret = generated = generate_key()
+            # The environment's key always works after a restart: whatever an admin did
+            # to the stored row (an expiry, a rotation), it is re-established here.
             values = {
                 "key_hash": hash_key(secret),
                 "prefix": secret[:8],
                 "revoked_at": None,
                 "previous_key_hash": None,
+                "expires_at": None,
+                "role": "admin",
             }
             if existing is None:
                 conn.execute(
                     api_keys.insert().values(
                         id=ADMIN_KEY_ID,
                         name="admin",
-                        role="admin",
                         limits={},
                         metadata={},
                         created_at=datetime.now(UTC),
@@ -372,5 +388,7 @@ def spent_since(engine: sa.Engine, column: str, scope_id: str, since: datetime) 
 
 
 def _data_class(metadata: Any) -> str | None:
+    """The metadata's `data_class`, normalized (the policy checks it per request: one the
+    vocabulary no longer has refuses the key's requests)."""
     value = metadata.get("data_class") if isinstance(metadata, dict) else None
-    return value if isinstance(value, str) else None
+    return value.strip().lower() if isinstance(value, str) else None

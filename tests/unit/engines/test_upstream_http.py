@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.upstream_http import UpstreamHTTP
+from inferplane.engines.upstream_http import Egress, UpstreamHTTP
 from inferplane.errors import UpstreamError
 
 BODY = b'{"ok": true}'
@@ -147,3 +147,29 @@ async def _silence_past_the_read_timeout_and_refused_connections_fail_cleanly() 
     with pytest.raises(UpstreamError) as refused:
         await _client(port).post("chat/completions", {"x": 1})
     assert refused.value.reason == "connection"
+
+
+def test_egress_rules_apply_to_every_connection() -> None:
+    asyncio.run(_egress_rules_apply_to_every_connection())
+
+
+async def _egress_rules_apply_to_every_connection() -> None:
+    spec = RemoteDeployment(
+        name="t", engine="openai_compatible", base_url="http://localhost:1/v1", model="m"
+    )
+    async with Server() as server:
+        spec = spec.model_copy(update={"base_url": f"http://127.0.0.1:{server.port}/v1"})
+        seen: list[str] = []
+
+        def allowed(address: str) -> bool:
+            seen.append(address)
+            return False
+
+        refused = UpstreamHTTP(spec, {}, Egress(allowed=allowed))
+        with pytest.raises(UpstreamError, match="policy refuses"):
+            await refused.post("chat/completions", {"x": 1})
+        assert seen == ["127.0.0.1"]  # the address the connection reached
+        ok = UpstreamHTTP(spec, {}, Egress(headers={"x-inferplane-via": "abc"}))
+        assert (await ok.post("chat/completions", {"x": 1}))[0] == 200
+        await refused.aclose()
+        await ok.aclose()

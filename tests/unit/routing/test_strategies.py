@@ -13,7 +13,6 @@ from inferplane.routing.strategies import (
     allowed,
     by_complexity,
     order,
-    stricter,
 )
 
 
@@ -59,7 +58,7 @@ def test_policy_rules() -> None:
     private = _dep("p", tags=["private"], region="eu-west")
     external = _dep("e", tags=["external"], region="us-east", context_size=100)
     anywhere = _dep("x")
-    confidential = RouteRequest(data_class="confidential")
+    confidential = RouteRequest(data_class="confidential", needs=frozenset({"private"}))
     assert [allowed(d, confidential) for d in (private, external, anywhere)] == [
         True,
         False,
@@ -67,6 +66,8 @@ def test_policy_rules() -> None:
     ]
     assert allowed(external, RouteRequest(data_class="public"))
     eu = RouteRequest(region="eu-west")
+    shouting = _dep("s", tags=["PRIVATE"], region="EU-West")  # as spelt in a config
+    assert allowed(shouting, eu) and allowed(shouting, confidential)
     assert [allowed(d, eu) for d in (private, external, anywhere)] == [True, False, True]
     assert not allowed(external, RouteRequest(prompt_tokens=100))  # does not fit
     assert allowed(external, RouteRequest(prompt_tokens=99))
@@ -83,11 +84,3 @@ def test_retry_after_parsing() -> None:
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-
-
-def test_the_stricter_data_class_wins() -> None:
-    assert stricter("public", "confidential") == "confidential"
-    assert stricter("restricted", "confidential") == "restricted"
-    assert stricter(None, "internal") == "internal"
-    assert stricter(None, None) is None
-    assert stricter("made-up", "confidential") == "confidential"

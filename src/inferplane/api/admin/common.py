@@ -18,6 +18,16 @@ After = Annotated[str | None, Query(max_length=64)]
 T = TypeVar("T")
 
 
+def check_metadata(request: Request, metadata: dict[str, str] | None) -> None:
+    """A `data_class` in key or team metadata must be in the policy's vocabulary (400
+    naming it otherwise); it is stored normalized."""
+    if metadata is not None and "data_class" in metadata:
+        policy = services(request).policy
+        name = policy.data_class(metadata["data_class"], param="metadata.data_class")
+        assert name is not None
+        metadata["data_class"] = name
+
+
 async def apply_change(request: Request, action: Callable[..., T], *args: Any) -> T:
     """Apply a change in the store, then swap in the new snapshot before answering."""
     svc = services(request)

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inferplane.api.auth import AdminKey
 from inferplane.api.errors import validation_error
 from inferplane.api.services import Services, services
 from inferplane.config import ModelSpec
-from inferplane.config.routes import REMOTE_ENGINES, Name, RemoteDeployment
+from inferplane.config.policy import check_upstream
+from inferplane.config.routes import REMOTE_ENGINES, Name, ProviderKey, RemoteDeployment
 from inferplane.errors import InferplaneError, InvalidRequest, NotFound
 from inferplane.routing.store import RuntimeDeployment
 
@@ -36,7 +37,7 @@ _ENGINES = (*REMOTE_ENGINES, "llamacpp")
 
 class DeploymentCreate(RemoteDeployment):
     alias: Name  # the public model id it serves (created if new)
-    api_key: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    api_key: ProviderKey | None = None
 
 
 class _LocalHead(BaseModel):
@@ -79,8 +80,8 @@ async def list_deployments(request: Request, principal: AdminKey) -> dict[str, A
 
 @router.post("/deployments", status_code=201)
 async def create_deployment(request: Request, principal: AdminKey) -> dict[str, Any]:
-    item = _parse(await _json_object(request))
     svc = services(request)
+    item = _parse(svc, await _json_object(request))
     if item.name in svc.routes.configured or item.name in svc.routes.runtime():
         raise Conflict(f"A deployment named '{item.name}' exists.", param="name")
     _check_alias(svc, item.alias)
@@ -95,7 +96,11 @@ async def update_deployment(name: str, request: Request, principal: AdminKey) ->
     changes = await _json_object(request)
     if changes.get("name", name) != name:
         raise InvalidRequest("A deployment cannot be renamed.", param="name")
-    item = _parse({**_body_of(current), **changes})
+    body = {**_body_of(current), **changes}
+    if "base_url" in changes and "api_key" not in changes and "api_key" in body:
+        # A stored provider key goes only to the server it was given for.
+        body["api_key"] = None
+    item = _parse(svc, body)
     _check_alias(svc, item.alias)
     await _change(
         svc,
@@ -127,8 +132,21 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def _parse(body: dict[str, Any]) -> RuntimeDeployment:
-    """A runtime deployment from a request body: remote, or a local llama.cpp worker."""
+def _parse(svc: Services, body: dict[str, Any]) -> RuntimeDeployment:
+    """A runtime deployment from a request body: remote, or a local llama.cpp worker,
+    within the server's policy (upstream URL, region)."""
+    item = _parse_body(body)
+    policy = svc.settings.policy
+    if isinstance(item.spec, RemoteDeployment):
+        try:
+            check_upstream(policy, item.spec.base_url)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="base_url", code="upstream_not_allowed") from None
+    svc.policy.region(item.spec.region, param="region")
+    return item
+
+
+def _parse_body(body: dict[str, Any]) -> RuntimeDeployment:
     engine = body.get("engine")
     if engine not in _ENGINES:
         raise InvalidRequest(

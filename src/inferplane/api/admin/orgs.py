@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from inferplane.api.admin.common import After, Limit, apply_change
+from inferplane.api.admin.common import After, Limit, apply_change, check_metadata
 from inferplane.api.auth import AdminKey
 from inferplane.api.errors import parse_body
 from inferplane.api.services import services
@@ -37,6 +37,7 @@ async def get_org(org_id: str, request: Request, principal: AdminKey) -> dict[st
 @router.post("/teams", status_code=201)
 async def create_team(request: Request, principal: AdminKey) -> dict[str, Any]:
     body = await parse_body(request, TeamCreate)
+    check_metadata(request, body.metadata)
     return await apply_change(request, services(request).tenancy.store.create_team, body)
 
 
@@ -60,4 +61,5 @@ async def get_team(team_id: str, request: Request, principal: AdminKey) -> dict[
 @router.patch("/teams/{team_id}")
 async def update_team(team_id: str, request: Request, principal: AdminKey) -> dict[str, Any]:
     body = await parse_body(request, TeamUpdate)
+    check_metadata(request, body.metadata)
     return await apply_change(request, services(request).tenancy.store.update_team, team_id, body)

@@ -17,29 +17,36 @@ from inferplane.limits.pricing import Price
 from inferplane.telemetry.usage import GROUPS, Granularity, query_usage, to_csv
 
 router = APIRouter(prefix="/admin/v1")
+Filter = Annotated[str | None, Query(max_length=256)]
 
 
 @router.get("/usage", response_model=None)
 async def usage(
     request: Request,
     principal: AdminKey,
-    group_by: str = "",
+    group_by: Annotated[str, Query(max_length=256)] = "",
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
     granularity: Granularity | None = None,
-    org_id: str | None = None,
-    team_id: str | None = None,
-    key_id: str | None = None,
-    model: str | None = None,
-    user: str | None = None,
+    org_id: Filter = None,
+    team_id: Filter = None,
+    key_id: Filter = None,
+    model: Filter = None,
+    user: Filter = None,
     format: Literal["json", "csv"] = "json",
 ) -> dict[str, Any] | Response:
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise InvalidRequest(
-            f"Cannot group by {', '.join(unknown)}; choose from {', '.join(GROUPS)}.",
+            f"Cannot group by {', '.join(u[:32] for u in unknown[:5])}; "
+            f"choose from {', '.join(GROUPS)}.",
             param="group_by",
+        )
+    repeated = sorted({g for g in groups if groups.count(g) > 1})
+    if repeated:
+        raise InvalidRequest(
+            f"group_by names {', '.join(repeated)} more than once.", param="group_by"
         )
     filters = {
         k: v

@@ -25,19 +25,37 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Bounds of what the engines accept: llama.cpp and most servers read token counts as
+# 32-bit integers and seeds as 64-bit ones (out of range: 400 naming the parameter).
+MAX_TOKENS_LIMIT = 2**31 - 1
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+# Strings a request carries are bounded (the ledger stores `user`); the limits are
+# documented in the README's security section.
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+EndUser = Annotated[str, Field(max_length=256)]
+StopString = Annotated[str, Field(min_length=1, max_length=256)]
+# OpenAI's own bounds for request metadata: 16 pairs, keys up to 64, values up to 512.
+RequestMetadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16),
+]
+
+
 class SamplingRequest(_Request):
-    model: Annotated[str, Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    model: ModelName
+    max_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    seed: int | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: Seed | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: EndUser | None = None
+    metadata: RequestMetadata | None = None
 
     @field_validator("stop")
     @classmethod

@@ -10,13 +10,14 @@ from typing import Any, Protocol
 
 import orjson
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from inferplane.api.openai.common import queue_deadline, usage
 from inferplane.api.services import services
 from inferplane.cache.responses import Directives
-from inferplane.errors import InferplaneError
+from inferplane.errors import InferplaneError, InvalidRequest
 from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
 from inferplane.routing.strategies import RouteRequest
@@ -30,6 +31,7 @@ class Generation:
     events: AsyncIterator[GenerationEvent]
     prompt_tokens: int
     version: str  # of the deployment serving it
+    watch: _ClientWatch  # the request's one watcher: `collect` or the stream stops it
 
 
 class GenerationRequest(Protocol):
@@ -49,8 +51,31 @@ async def start(
 
     Everything that can go wrong before the first token (unknown model, overload, prompt
     too long) raises here, so it becomes a plain HTTP error, not an in-stream one.
+
+    The client is watched from here on (its body has been read): one that leaves while
+    its request waits for a model drops the request there, before the model works on
+    it (`ClientGone`; recorded with status 499, charged nothing). The watcher goes with
+    the `Generation` to `collect` or the stream, which stop it.
     """
+    watch = _ClientWatch(request)
+    try:
+        events, first, version = await _first_event(request, principal, body, endpoint)
+    except asyncio.CancelledError:
+        watch.stop()
+        if not watch.forgive():
+            raise
+        raise ClientGone() from None
+    except BaseException:
+        watch.stop()
+        raise
+    return Generation(events, first.prompt_tokens, version, watch)
+
+
+async def _first_event(
+    request: Request, principal: Principal, body: GenerationRequest, endpoint: str
+) -> tuple[AsyncIterator[GenerationEvent], Started, str]:
     svc = services(request)
+    policy = svc.policy
     alias = svc.inference.route(principal, body.model)
     request.state.model = alias.id
     ctx = RequestContext(
@@ -69,8 +94,8 @@ async def start(
         stream=body.stream,
         directives=Directives.parse(request.headers.get("cache-control")),
         route=RouteRequest(
-            data_class=request.headers.get("x-inferplane-data-class"),
-            region=request.headers.get("x-inferplane-region"),
+            data_class=policy.data_class(_header(request, _DATA_CLASS), param=_DATA_CLASS),
+            region=policy.region(_header(request, _REGION), param=_REGION),
         ),
     )
     try:
@@ -89,14 +114,25 @@ async def start(
             if ctx.cache_score is not None:
                 request.state.cache_score = ctx.cache_score
     assert isinstance(first, Started)
-    return Generation(events, first.prompt_tokens, ctx.model_version or "none")
+    return events, first, ctx.model_version or "none"
+
+
+_DATA_CLASS, _REGION = "x-inferplane-data-class", "x-inferplane-region"
+
+
+def _header(request: Request, name: str) -> str | None:
+    """A policy header's one value: sent twice, it is refused rather than one picked."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise InvalidRequest(f"Send the '{name}' header once.", param=name)
+    return values[0] if values else None
 
 
 async def collect(request: Request, generation: Generation) -> tuple[str, Finished]:
     """The whole generation, for a non-streaming answer. A caller that disconnects stops
     it: the model's slot is freed at once (as for a stream) and the request is billed
     for what was generated, with status 499."""
-    watch = _ClientWatch(request)
+    watch = generation.watch
     try:
         return await _collect(generation)
     except asyncio.CancelledError:
@@ -108,7 +144,8 @@ async def collect(request: Request, generation: Generation) -> tuple[str, Finish
 
 
 class _ClientWatch:
-    """Cancels the request's own task when its client disconnects.
+    """Cancels the request's own task when its client disconnects (one per request, from
+    `start` to the end of the response).
 
     The request is served in its own task; a watcher task cancels it when the client
     leaves (one task per request instead of two and an asyncio.wait, or Starlette's
@@ -142,8 +179,14 @@ class _ClientWatch:
 
 
 async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone (the body was read already: what comes next on
-    the connection is `http.disconnect`)."""
+    """Returns once the client has gone. The route has read the body (`parse_body`), so
+    what comes next on the connection is `http.disconnect`. `body()` first is a no-op
+    then (the body is cached); should a watch ever start before the body was read, it
+    keeps the body for the route instead of swallowing it here."""
+    try:
+        await request.body()
+    except ClientDisconnect:
+        return
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
@@ -213,7 +256,7 @@ class Chunks:
 def sse_response(
     request: Request, generation: Generation, format_event: ChunkFormatter
 ) -> EventStreamResponse:
-    return EventStreamResponse(request, generation.events, format_event)
+    return EventStreamResponse(request, generation.events, format_event, generation.watch)
 
 
 def _data(obj: Any) -> bytes:
@@ -237,7 +280,11 @@ class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, request: Request, events: AsyncIterator[GenerationEvent], fmt: ChunkFormatter
+        self,
+        request: Request,
+        events: AsyncIterator[GenerationEvent],
+        fmt: ChunkFormatter,
+        watch: _ClientWatch | None = None,  # the request's, from `start` (else one of its own)
     ):
         self.status_code = 200
         self.background = None
@@ -245,9 +292,10 @@ class EventStreamResponse(Response):
         self._request = request
         self._events = events
         self._fmt = fmt
+        self._watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = _ClientWatch(self._request)
+        watch = self._watch or _ClientWatch(self._request)
         try:
             await self._stream(send)
         except asyncio.CancelledError:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferplane.api.openai.common import SamplingRequest
+from inferplane.api.openai.common import SamplingRequest, TokenCount
 
 
 class TextPart(BaseModel):
@@ -19,7 +19,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
+    name: Annotated[str, Field(max_length=256)] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -31,7 +31,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: TokenCount | None = None
 
     def prompt_input(self) -> dict[str, Any]:
         return {

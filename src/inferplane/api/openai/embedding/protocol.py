@@ -6,14 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inferplane.api.openai.common import EndUser, ModelName
+
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: Annotated[str, Field(min_length=1)]
+    model: ModelName
     input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
-    user: str | None = None
+    dimensions: Annotated[int, Field(ge=1, le=65_536)] | None = None
+    user: EndUser | None = None
 
     @field_validator("input")
     @classmethod
