@@ -5,6 +5,7 @@ URLs the gateway must not reach are refused when they are configured."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -242,3 +243,53 @@ def test_a_deployment_pointing_at_the_gateway_is_not_amplified(server: Server) -
     )
     # One refused hop per attempt of the one request (the alias's max_attempts is 4).
     assert 1 <= after - before <= 4
+
+
+def test_penalties_on_a_local_model(server: Server) -> None:
+    """Found by the fuzz suite: a penalty killed the llama.cpp engine's thread (a binding's
+    new argument), and every later request to the model waited for its deadline."""
+    with server.http() as http:
+        for _ in range(2):
+            resp = http.post(
+                "/v1/completions",
+                json={
+                    "model": "gemma",
+                    "prompt": "1, 2, 3,",
+                    "max_tokens": 4,
+                    "presence_penalty": 0.5,
+                    "frequency_penalty": 0.5,
+                },
+            )
+            assert resp.status_code == 200, resp.text
+        workers = http.get("/admin/v1/workers").json()["data"]
+    assert all(w["restarts"] == 0 for w in workers)
+
+
+@pytest.mark.parametrize("bound", ["from", "to"])
+def test_usage_dates_out_of_range_are_400(server: Server, bound: str) -> None:
+    value = "0001-01-01T00:00:00+05:00" if bound == "from" else "9999-12-31T23:59:59-05:00"
+    with server.http() as http:
+        resp = http.get("/admin/v1/usage", params={bound: value})
+    assert _error(resp, 400)["param"] == bound
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nX Bad: 1\r\n\r\n",
+        b"POST /v1/models HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    ],
+)
+def test_unreadable_http_gets_an_openai_error(server: Server, raw: bytes) -> None:
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert b"x-request-id: req_" in head.lower()
+    assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}

@@ -51,6 +51,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from inferplane.config.settings import HttpLimits
+from inferplane.telemetry.ids import unique_id
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +243,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.transport.write_eof()
         self._arm("linger", _LINGER_S, self.transport.abort)
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser cannot read (bad method, version, header syntax, framing):
+        the OpenAI envelope like every other answer, not uvicorn's plain text."""
+        if self._busy():
+            self._drop("invalid_http")
+            return
+        self._closing = True
+        self._disarm_all()
+        self.transport.write(self._answer(400, "invalid_http", msg))
+        self.transport.close()
+
     def _answer(self, status: int, code: str, message: str) -> bytes:
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         body = orjson.dumps({"error": error})
         head = [STATUS_LINE[status]]
         head += [k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers]
+        head.append(b"x-request-id: req_%s\r\n" % unique_id().encode())
         head.append(b"content-type: application/json\r\nconnection: close\r\n")
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         return b"".join(head) + body

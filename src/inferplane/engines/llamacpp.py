@@ -279,7 +279,8 @@ class LlamaCppEngine(EngineBase):
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if presence or frequency:
             L.llama_sampler_chain_add(
-                chain, L.llama_sampler_init_penalties(64, 1.0, frequency, presence)
+                chain,
+                L.llama_sampler_init_penalties(self._n_vocab, 64, 1.0, frequency, presence),
             )
         if temperature <= 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())

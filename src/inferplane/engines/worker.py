@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     server.close()
     channel = Channel(conn)
     channel.send({"event": "hello", "info": engine.info(), "pid": os.getpid()})
-    threading.Thread(target=engine.run, args=(channel,), name="engine", daemon=True).start()
+    threading.Thread(target=_run, args=(engine, channel), name="engine", daemon=True).start()
     for msg in channel.messages():
         op = msg.get("op")
         if op == "ping":
@@ -56,6 +56,18 @@ def main(argv: list[str] | None = None) -> None:
         else:
             engine.submit(msg)
     os._exit(0)  # the gateway closed the connection
+
+
+def _run(engine: Engine, channel: Channel) -> None:
+    """The engine's loop. Should it ever fail, the whole worker exits: the supervisor sees
+    it, fails the requests in flight (503) and starts a new worker, where a dead engine
+    thread alone would leave every request waiting and the worker answering pings."""
+    try:
+        engine.run(channel)
+    except BaseException:
+        logging.getLogger(__name__).exception("the engine failed; the worker exits")
+    finally:
+        os._exit(70)
 
 
 class Engine(Protocol):

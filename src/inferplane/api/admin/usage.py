@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -48,6 +48,9 @@ async def usage(
         raise InvalidRequest(
             f"group_by names {', '.join(repeated)} more than once.", param="group_by"
         )
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and not _representable(value):
+            raise InvalidRequest(f"'{name}' is out of range.", param=name)
     filters = {
         k: v
         for k, v in {
@@ -84,3 +87,14 @@ async def set_price(model: str, request: Request, principal: AdminKey) -> dict[s
     if svc.notices is not None:
         await svc.notices.publish()
     return version.view()
+
+
+def _representable(value: datetime) -> bool:
+    """Whether the instant exists in UTC (0001-01-01T00:00+05:00 does not)."""
+    if value.tzinfo is None:
+        return True  # read as UTC
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
