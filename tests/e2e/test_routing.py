@@ -231,7 +231,12 @@ def test_a_killed_upstream_is_avoided_and_comes_back(setup: Setup) -> None:
     for t in runners:
         t.start()
     try:
-        time.sleep(2)
+        # Until B has served (at 50/50 both have), bounded: on a loaded machine two seconds
+        # of traffic were once all A's.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(d == "b-main" for _, d, _ in log):
+            time.sleep(0.1)
+        time.sleep(1)
         stopping = time.monotonic()
         setup.b.stop()
         killed = time.monotonic()
