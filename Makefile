@@ -44,6 +44,7 @@ lint: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The scale-out tests start real PostgreSQL 15 and Redis servers (Debian packages).
 system-deps:

@@ -18,7 +18,7 @@ from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.openai_compatible import parse_json, status_error
 from inferplane.engines.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
-from inferplane.pipeline.events import (
+from inferplane.events import (
     Finished,
     GenerationEvent,
     Started,

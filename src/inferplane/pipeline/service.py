@@ -36,9 +36,9 @@ from inferplane.errors import (
     ModelNotFound,
     NoDeployment,
 )
+from inferplane.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
 from inferplane.pipeline.admission import Admission, Admitter, rate_scopes
 from inferplane.pipeline.context import RequestContext
-from inferplane.pipeline.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.policy import DataPolicy
 from inferplane.routing.router import Attempts, Router, attempts

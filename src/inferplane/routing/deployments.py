@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing, Strategy
 from inferplane.engines.local import LocalModel
+from inferplane.events import GenerationEvent
 from inferplane.limits.policy import Limits
-from inferplane.pipeline.events import GenerationEvent
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.complexity import ComplexityClassifier
 

@@ -27,7 +27,7 @@ from inferplane.errors import (
     Unavailable,
     UpstreamError,
 )
-from inferplane.pipeline.events import Finished, GenerationEvent, Started
+from inferplane.events import Finished, GenerationEvent, Started
 from inferplane.routing.breaker import OPEN
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.strategies import RouteRequest, allowed, by_complexity, order

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from inferplane.api.openai.generation import EventStreamResponse
 from inferplane.errors import InferplaneError
-from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 
 SCOPE: dict[str, Any] = {"type": "http", "method": "POST", "path": "/", "headers": []}
 

@@ -8,7 +8,7 @@ import json
 
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.openai_compatible import OpenAICompatibleEngine
-from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 
 
 def _event(obj: object) -> bytes:

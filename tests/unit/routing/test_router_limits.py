@@ -12,7 +12,7 @@ import pytest
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.openai_compatible import OpenAICompatibleEngine
 from inferplane.errors import UpstreamResponseTooLarge
-from inferplane.pipeline.events import Finished, GenerationEvent, TextDelta
+from inferplane.events import Finished, GenerationEvent, TextDelta
 from inferplane.routing.breaker import CLOSED, CircuitBreaker
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.router import Attempts, attempts

@@ -18,8 +18,8 @@ from inferplane.api.openai.common import queue_deadline, usage
 from inferplane.api.services import services
 from inferplane.cache.responses import Directives
 from inferplane.errors import InferplaneError, InvalidRequest
+from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 from inferplane.pipeline.context import RequestContext
-from inferplane.pipeline.events import Finished, GenerationEvent, Started, TextDelta
 from inferplane.routing.strategies import RouteRequest
 from inferplane.tenancy.records import Principal
 

@@ -13,7 +13,7 @@ from inferplane.api.openai import generation
 from inferplane.api.openai.chat_completion.protocol import ChatCompletionRequest
 from inferplane.api.openai.common import new_id, usage
 from inferplane.api.responses import FastJSONResponse
-from inferplane.pipeline.events import Finished, GenerationEvent, TextDelta
+from inferplane.events import Finished, GenerationEvent, TextDelta
 
 router = APIRouter()
 

@@ -1,4 +1,6 @@
-"""What the invoke stage yields to the HTTP layer while a generation runs."""
+"""The generation event vocabulary every layer shares: what an engine yields, the
+pipeline passes on and the HTTP layer writes. The lowest floor: it imports nothing of
+inferplane, so engines, pipeline and api may all import it without a cycle."""
 
 from __future__ import annotations
 
