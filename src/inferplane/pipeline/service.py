@@ -183,6 +183,7 @@ class InferenceService:
 
         state = Attempts()
         parts: list[str] = []
+        clock = _TokenClock(ctx, self._metrics, alias.id)
         with self._accounted(ctx, alias.id, admission, tally):
             try:
                 async for event in attempts(alias, plan, run, state, on_attempt=self._on_attempt):
@@ -191,6 +192,7 @@ class InferenceService:
                         served = state.served_by[1]
                         ctx.deployment, ctx.model_version = served.name, served.version
                     if isinstance(event, TextDelta):
+                        clock.tick()
                         tally.completion = event.tokens_so_far
                         if lookup is not None:
                             parts.append(event.text)
@@ -352,8 +354,6 @@ class InferenceService:
         sampling: dict[str, Any],
         tally: _Tally,
     ) -> AsyncIterator[GenerationEvent]:
-        ttft = self._metrics.time_to_first_token.labels(model.id)
-        itl = self._metrics.inter_token_latency.labels(model.id)
         payload = {
             "op": "generate",
             **prompt.worker_payload(),
@@ -363,24 +363,16 @@ class InferenceService:
         cost = len(prompt.tokens) + prompt.max_tokens
         async with _slot(ctx, model, cost):
             tally.reached, tally.prompt = True, len(prompt.tokens)
-            async for event in self._stream(ctx, model, payload, ttft, itl):
+            async for event in self._stream(model, payload):
                 yield event
 
     async def _stream(
-        self, ctx: RequestContext, model: LocalModel, payload: dict[str, Any], ttft: Any, itl: Any
+        self, model: LocalModel, payload: dict[str, Any]
     ) -> AsyncIterator[GenerationEvent]:
         client = await model.worker.client()
-        last: float | None = None
         async for msg in client.stream(payload):
             event = msg["event"]
             if event == "token":
-                now = time.perf_counter()
-                if last is None:
-                    ctx.first_token_at = now
-                    ttft.observe(now - ctx.started)
-                else:
-                    itl.observe(now - last)
-                last = now
                 yield TextDelta(msg["text"], int(msg.get("n", 0)))
             elif event == "start":
                 yield Started(int(msg["prompt_tokens"]))
@@ -489,6 +481,27 @@ class InferenceService:
         self._metrics.prompt_tokens.labels(model).inc(prompt_tokens)
         if completion_tokens:
             self._metrics.completion_tokens.labels(model).inc(completion_tokens)
+
+
+class _TokenClock:
+    """Time to first token and between tokens, measured once here for every engine
+    (local, remote, whatever serves the request), labelled by the model the caller
+    named; the first token's time also goes to the ledger (`ttft_ms`)."""
+
+    def __init__(self, ctx: RequestContext, metrics: Metrics, model: str):
+        self._ctx = ctx
+        self._ttft = metrics.time_to_first_token.labels(model)
+        self._itl = metrics.inter_token_latency.labels(model)
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is None:
+            self._ctx.first_token_at = now
+            self._ttft.observe(now - self._ctx.started)
+        else:
+            self._itl.observe(now - self._last)
+        self._last = now
 
 
 @dataclass
