@@ -5,20 +5,25 @@
     │   └── ContextLengthExceeded        400 code=context_length_exceeded
     │       ├── PromptBytesOverContext       (refused by its bytes, before tokenizing)
     │       └── MaxTokensOverContext         400 invalid_value (max_tokens >= the context)
+    ├── StartFailed                      400 deployment_start_failed (runtime local deployment)
     ├── AuthenticationFailed             401 invalid_api_key
     ├── PermissionDenied                 403 permission_denied
     │   ├── ModelNotAllowed              403 model_not_allowed
     │   └── NoDeployment                 403 no_eligible_deployment (policy rules left none)
     ├── NotFound                         404 (model_not_found, key_not_found, ...)
+    ├── Conflict                         409 conflict (admin: a name taken, a config-file entry)
     ├── PayloadTooLarge                  413 payload_too_large
-    ├── LoopDetected                     508 loop_detected (a request came back through us)
     ├── Overloaded                       429 queue_full (carries retry_after, queued, max_queued)
     ├── RateLimited                      429 rate_limit_exceeded (carries x-ratelimit-* numbers)
+    ├── BudgetExceeded                   429 insufficient_quota
+    ├── ClientGone                       499 client_closed_request (the caller left)
     ├── Unavailable                      503 (worker crashed / not ready; carries retry_after)
+    ├── DeadlineExceeded                 503 deadline_exceeded (waited past its deadline)
+    ├── LoopDetected                     508 loop_detected (a request came back through us)
     └── UpstreamError                    502 upstream_error (a remote deployment failed;
-                                             carries why, whether another try may help,
-                                             and the upstream's Retry-After; by reason
-                                             400 / 429 / 504, see the class)
+        │                                    carries why, whether another try may help,
+        │                                    and the upstream's Retry-After; by reason
+        │                                    400 / 429 / 504, see the class)
         └── UpstreamResponseTooLarge     502 upstream_response_too_large (not a health
                                              failure of the deployment)
 
@@ -323,3 +328,49 @@ class UpstreamResponseTooLarge(UpstreamError):
     @property
     def same_deployment_may_succeed(self) -> bool:
         return False
+
+
+class BudgetExceeded(InferplaneError):
+    """A key's or team's budget has no room for the request's worst-case cost."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class DeadlineExceeded(InferplaneError):
+    """The request's deadline passed while it waited for a model's queue."""
+
+    status = 503
+    type = "server_error"
+    code = "deadline_exceeded"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class Conflict(InferplaneError):
+    """An admin change collides with what exists (a name taken, a config-file entry)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class StartFailed(InferplaneError):
+    """A local deployment added at run time could not start its worker."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "deployment_start_failed"
+
+
+class ClientGone(InferplaneError):
+    """The caller disconnected before a non-streaming answer was ready (nginx's 499)."""
+
+    status = 499
+    code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the answer was ready.")

@@ -28,17 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from inferplane.errors import InferplaneError, Overloaded
-
-
-class DeadlineExceeded(InferplaneError):
-    status = 503
-    type = "server_error"
-    code = "deadline_exceeded"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+from inferplane.errors import DeadlineExceeded, Overloaded
 
 
 @dataclass(order=True)

@@ -19,17 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from inferplane.errors import InferplaneError
+from inferplane.errors import BudgetExceeded
 from inferplane.limits.policy import Budget
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class BudgetExceeded(InferplaneError):
-    status = 429
-    type = "insufficient_quota"
-    code = "insufficient_quota"
 
 
 def exceeded(scope: BudgetScope, spent: int, reserved: int, cost: int) -> BudgetExceeded:

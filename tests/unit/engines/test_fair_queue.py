@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from inferplane.engines.fair_queue import DeadlineExceeded, FairQueue
-from inferplane.errors import Overloaded
+from inferplane.engines.fair_queue import FairQueue
+from inferplane.errors import DeadlineExceeded, Overloaded
 
 
 async def _served_order(queue: FairQueue, requests: list[tuple[str, float, bool]]) -> list[str]:

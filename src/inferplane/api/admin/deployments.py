@@ -28,7 +28,7 @@ from inferplane.api.services import Services, services
 from inferplane.config import ModelSpec
 from inferplane.config.policy import check_upstream
 from inferplane.config.routes import REMOTE_ENGINES, Name, ProviderKey, RemoteDeployment
-from inferplane.errors import InferplaneError, InvalidRequest, NotFound
+from inferplane.errors import Conflict, InvalidRequest, NotFound, StartFailed
 from inferplane.routing.store import RuntimeDeployment
 
 router = APIRouter(prefix="/admin/v1")
@@ -46,18 +46,6 @@ class _LocalHead(BaseModel):
     model_config = ConfigDict(extra="allow")
     alias: Name
     name: Name
-
-
-class Conflict(InferplaneError):
-    status = 409
-    type = "invalid_request_error"
-    code = "conflict"
-
-
-class StartFailed(InferplaneError):
-    status = 400
-    type = "invalid_request_error"
-    code = "deployment_start_failed"
 
 
 @router.get("/deployments")

@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from inferplane.api.openai.common import queue_deadline, usage
 from inferplane.api.services import services
 from inferplane.cache.responses import Directives
-from inferplane.errors import InferplaneError, InvalidRequest
+from inferplane.errors import ClientGone, InferplaneError, InvalidRequest
 from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 from inferplane.pipeline.context import RequestContext
 from inferplane.routing.strategies import RouteRequest
@@ -189,16 +189,6 @@ async def _disconnected(request: Request) -> None:
         return
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-class ClientGone(InferplaneError):
-    """The caller disconnected before a non-streaming answer was ready (nginx's 499)."""
-
-    status = 499
-    code = "client_closed_request"
-
-    def __init__(self) -> None:
-        super().__init__("The client closed the connection before the answer was ready.")
 
 
 async def _collect(generation: Generation) -> tuple[str, Finished]:
