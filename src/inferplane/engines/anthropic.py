@@ -52,6 +52,11 @@ class AnthropicEngine:
         self._http = UpstreamHTTP(spec, headers, egress)
         self._path = "messages" if spec.base_url.rstrip("/").endswith("/v1") else "v1/messages"
 
+    async def check(self) -> bool:
+        """No active check (the Messages API has no cheap, keyless endpoint to ask): an
+        open breaker waits out its cooldown."""
+        return False
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -32,6 +32,11 @@ class RemoteEngine(Protocol):
         prompt_estimate: int,
     ) -> AsyncIterator[GenerationEvent]: ...
 
+    async def check(self) -> bool:
+        """Active health check: whether the upstream answers (an open breaker may then
+        let a probe through before its cooldown ends)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -68,8 +68,8 @@ class Router:
         while True:
             await asyncio.sleep(interval_s)
             for _, dep in self.deployments():
-                check = getattr(dep.remote, "check", None)
-                if check is not None and dep.breaker.state == OPEN and await check():
+                remote = dep.remote
+                if remote is not None and dep.breaker.state == OPEN and await remote.check():
                     dep.breaker.half_open_now()
 
     def plan(self, alias: Alias, req: RouteRequest) -> list[tuple[Alias, Deployment]]:
@@ -210,9 +210,8 @@ async def attempts(
                 failed_here[dep.name] = failed_here.get(dep.name, 0) + 1
                 if _only_elsewhere(exc):
                     excluded.add(dep.name)
-                retry_after = getattr(exc, "retry_after", None)
-                if isinstance(exc, UpstreamError) and retry_after:
-                    dep.not_before = time.monotonic() + retry_after
+                if isinstance(exc, UpstreamError) and exc.retry_after:
+                    dep.not_before = time.monotonic() + exc.retry_after
                 on_attempt(owner, dep, "retry")
             finally:
                 dep.in_flight -= 1
