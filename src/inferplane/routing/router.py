@@ -165,6 +165,11 @@ async def attempts(
                 # Coming back to a deployment that failed this request: back off first.
                 pause = min(alias.backoff_max_s, alias.backoff_base_s * 2 ** failed_here[dep.name])
                 await asyncio.sleep(min(random.uniform(0, pause), max(0.0, deadline - now)))
+                if time.monotonic() >= deadline:
+                    # The pause ran into the deadline: no attempt with no time left (its
+                    # timeout would mark the deployment); the caller gets the last error.
+                    dep.breaker.release()
+                    break
             state.count += 1
             delivered = False
             verdict: bool | None = None
