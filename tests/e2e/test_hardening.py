@@ -142,9 +142,10 @@ def test_usage_csv_escapes_formulas(server: Server) -> None:
     assert "\n" + evil not in csv and "," + evil not in csv
 
 
-def test_no_host_reflection_in_redirects(server: Server) -> None:
+@pytest.mark.parametrize("path", ["/healthz/", "/admin/v1/keys/"])
+def test_no_host_reflection_in_redirects(server: Server, path: str) -> None:
     with server.http() as http:
-        resp = http.get("/v1/models/", headers={"host": "evil.example"})
+        resp = http.get(path, headers={"host": "evil.example"})
     assert "location" not in resp.headers
     _error(resp, 404)
 
