@@ -99,8 +99,8 @@ class _Stats:
 
 
 _REPORT_EVERY_S = 0.5
-# A decode step may be interrupted for a newcomer until this fraction of its expected
-# duration (the last decode step's) has passed; later, finishing it is cheaper.
+# A decode step may be interrupted for a newcomer until this fraction of its graph (as
+# many nodes as the last decode step's) has run; later, finishing it is cheaper.
 _PREEMPT_BEFORE = 0.8
 # Shorter shared prefixes are recomputed: cheap, and the slot stays free for a longer one.
 _MIN_REUSE = 16
@@ -156,16 +156,21 @@ class LlamaCppEngine(EngineBase):
         # in a step of its own (its first token comes after that one short step, not
         # after the rest of a full batched step), and the interrupted step is redone.
         # Cost: the interrupted part of one step per newcomer.
-        self._abortable_until = 0.0
+        # Progress is counted in graph nodes, not time: a newcomer's arrival (the gateway
+        # and the worker's reader sharing the cores) slowed the step it arrived in to ~2x
+        # its usual length, so a time window had mostly passed by the time it was seen.
+        self._nodes = 0  # graph nodes run in the current step
+        self._abortable_nodes = 0  # the current step may be interrupted until this many
         self._may_preempt = True
-        self._last_decode_s = 0.0
+        self._last_decode_nodes = 0
         self._abort_callback = L.ggml_abort_callback(self._should_abort)  # keep a ref
         L.llama_set_abort_callback(self._ctx.ctx, self._abort_callback, None)
 
     def _should_abort(self, _data: Any) -> bool:
         """llama.cpp asks this between graph nodes of a step (on the engine thread)."""
+        self._nodes += 1
         return (
-            time.perf_counter() < self._abortable_until
+            self._nodes <= self._abortable_nodes
             and len(self._slots) < self._parallel
             and not self._waiting.empty()
         )
@@ -358,10 +363,11 @@ class LlamaCppEngine(EngineBase):
         if decoding and filling is None and self._may_preempt:
             # A newcomer may interrupt this step until most of it has run. Only a step of
             # decode tokens alone: it is one ubatch, which llama.cpp rolls back whole.
-            self._abortable_until = started + self._last_decode_s * _PREEMPT_BEFORE
+            self._abortable_nodes = int(self._last_decode_nodes * _PREEMPT_BEFORE)
         self._may_preempt = decoding  # never twice in a row: the batch keeps moving
+        self._nodes = 0
         code = L.llama_decode(self._ctx.ctx, batch)
-        self._abortable_until = 0.0
+        self._abortable_nodes = 0
         if code == 2:
             # Interrupted for a newcomer; llama.cpp dropped this step's KV cells (and,
             # should the batch have been split, the cells of its finished parts are
@@ -389,8 +395,8 @@ class LlamaCppEngine(EngineBase):
         if filling is not None:
             filling[0].prefilled += filling[1]
         decoded = sum(1 for slot, _ in outputs if slot.next_token is not None)
-        if decoded and not prefill_only:
-            self._last_decode_s = took
+        if decoded and not prefill_only and filling is None:
+            self._last_decode_nodes = self._nodes
         self._stats.step(took, n - decoded, decoded, len(outputs))
         for slot, index in outputs:
             if slot.sampler is None:
