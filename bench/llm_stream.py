@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
 from inferplane.config import load_settings  # noqa: E402
-from inferplane.engines.assets import provision  # noqa: E402
+from inferplane.engines.local.assets import provision  # noqa: E402
 from tests.e2e.server import running_server  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."

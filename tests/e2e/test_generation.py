@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferplane.config.defaults import DEFAULT_CHAT_TEMPLATE
-from inferplane.engines.chat_template import ChatTemplate
+from inferplane.engines.local.chat_template import ChatTemplate
 from tests.e2e.server import Server
 
 MODEL = "gemma-3-270m"

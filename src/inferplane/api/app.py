@@ -42,9 +42,9 @@ from inferplane.cache.semantic import SemanticIndex
 from inferplane.cache.shared import SemanticFeed
 from inferplane.cache.store import EntryStore, MemoryStore, RedisStore
 from inferplane.config import Settings
-from inferplane.engines.assets import provision
-from inferplane.engines.local import LocalModel, load_local_model
-from inferplane.engines.supervisor import Supervisor
+from inferplane.engines.local.assets import provision
+from inferplane.engines.local.model import LocalModel, load_local_model
+from inferplane.engines.local.supervisor import Supervisor
 from inferplane.limits.budgets import Budgets, BudgetTracker
 from inferplane.limits.memory import Limiter, MemoryLimiter
 from inferplane.limits.pricing import PriceBook

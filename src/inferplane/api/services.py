@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from fastapi import Request
 
 from inferplane.config import Settings
-from inferplane.engines.supervisor import Supervisor
+from inferplane.engines.local.supervisor import Supervisor
 from inferplane.limits.pricing import PriceBook
 from inferplane.pipeline.service import InferenceService
 from inferplane.routing.build import RouteTable

@@ -25,9 +25,9 @@ from typing import Any
 
 from inferplane.cache.responses import Answer, Directives, Hit, Lookup, ResponseCache
 from inferplane.config.policy import PolicySettings
-from inferplane.engines.local import LocalModel
-from inferplane.engines.prompts import PreparedPrompt
-from inferplane.engines.protocol import Message
+from inferplane.engines.local.model import LocalModel
+from inferplane.engines.local.prompts import PreparedPrompt
+from inferplane.engines.worker.protocol import Message
 from inferplane.errors import (
     ContextLengthExceeded,
     InferplaneError,

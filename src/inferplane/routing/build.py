@@ -14,12 +14,12 @@ from typing import Any
 from inferplane.config import ModelSpec, Settings
 from inferplane.config.policy import peer_allowed
 from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing
-from inferplane.engines.anthropic import AnthropicEngine
-from inferplane.engines.assets import AssetError, provision
-from inferplane.engines.local import LocalModel, load_local_model
-from inferplane.engines.openai_compatible import OpenAICompatibleEngine
-from inferplane.engines.supervisor import ManagedWorker, Supervisor, WorkerStartError
-from inferplane.engines.upstream_http import Egress
+from inferplane.engines.local.assets import AssetError, provision
+from inferplane.engines.local.model import LocalModel, load_local_model
+from inferplane.engines.local.supervisor import ManagedWorker, Supervisor, WorkerStartError
+from inferplane.engines.remote.anthropic import AnthropicEngine
+from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
+from inferplane.engines.remote.upstream_http import Egress
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.complexity import DEFAULT_LARGE, DEFAULT_SMALL, ComplexityClassifier
 from inferplane.routing.deployments import Alias, Deployment, RemoteEngine, alias_from_spec

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing, Strategy
-from inferplane.engines.local import LocalModel
+from inferplane.engines.local.model import LocalModel
 from inferplane.events import GenerationEvent
 from inferplane.limits.policy import Limits
 from inferplane.routing.breaker import CircuitBreaker

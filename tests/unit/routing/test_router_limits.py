@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.openai_compatible import OpenAICompatibleEngine
+from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
 from inferplane.errors import UpstreamResponseTooLarge
 from inferplane.events import Finished, GenerationEvent, TextDelta
 from inferplane.routing.breaker import CLOSED, CircuitBreaker

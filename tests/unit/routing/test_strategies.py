@@ -4,7 +4,7 @@ import random
 from collections import Counter
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.openai_compatible import retry_after_seconds
+from inferplane.engines.remote.openai_compatible import retry_after_seconds
 from inferplane.limits.pricing import Price
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.deployments import Deployment

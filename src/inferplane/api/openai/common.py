@@ -9,7 +9,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inferplane.api.services import services
-from inferplane.engines.local import LocalModel
+from inferplane.engines.local.model import LocalModel
 from inferplane.errors import InvalidRequest
 from inferplane.telemetry.ids import unique_id
 

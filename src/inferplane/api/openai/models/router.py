@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from inferplane.api.auth import AnyKey
 from inferplane.api.openai.common import mark_served
 from inferplane.api.services import services
-from inferplane.engines.local import LocalModel
+from inferplane.engines.local.model import LocalModel
 from inferplane.errors import ModelNotFound
 from inferplane.routing.deployments import Alias
 

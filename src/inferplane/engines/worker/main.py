@@ -1,6 +1,6 @@
 """Worker process entry point: load one model, serve it over a Unix socket, exit on EOF.
 
-    python -m inferplane.engines.worker --socket PATH --model-path PATH --spec JSON
+    python -m inferplane.engines.worker.main --socket PATH --model-path PATH --spec JSON
 
 The model is loaded before the socket is bound, so a successful connect means "ready".
 The socket thread answers pings itself, so a health check works while the engine is busy.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from inferplane.config import ModelSpec
-from inferplane.engines.protocol import Channel, Message
+from inferplane.engines.worker.protocol import Channel, Message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,10 +81,10 @@ class Engine(Protocol):
 
 def _build_engine(spec: ModelSpec, path: Path) -> Engine:
     if spec.engine == "llamacpp":
-        from inferplane.engines.llamacpp import LlamaCppEngine
+        from inferplane.engines.worker.llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(spec, path)
-    from inferplane.engines.sentence_transformers import EmbeddingEngine
+    from inferplane.engines.worker.sentence_transformers import EmbeddingEngine
 
     return EmbeddingEngine(spec, path)
 

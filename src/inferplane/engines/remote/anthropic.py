@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.openai_compatible import parse_json, status_error
-from inferplane.engines.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
+from inferplane.engines.remote.openai_compatible import parse_json, status_error
+from inferplane.engines.remote.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
 from inferplane.events import (
     Finished,

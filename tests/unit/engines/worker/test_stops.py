@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from inferplane.engines.stops import StopMatcher
+from inferplane.engines.worker.stops import StopMatcher
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.openai_compatible import OpenAICompatibleEngine
+from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
 from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from inferplane.config import ModelSpec
-from inferplane.engines.assets import ModelAsset
-from inferplane.engines.fair_queue import FairQueue
-from inferplane.engines.prompts import EmbeddingTokens, LlamaPrompts
-from inferplane.engines.supervisor import ManagedWorker
+from inferplane.engines.local.assets import ModelAsset
+from inferplane.engines.local.fair_queue import FairQueue
+from inferplane.engines.local.prompts import EmbeddingTokens, LlamaPrompts
+from inferplane.engines.local.supervisor import ManagedWorker
 from inferplane.telemetry.metrics import Metrics
 
 

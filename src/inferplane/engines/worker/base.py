@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 
-from inferplane.engines.protocol import Channel, Message
+from inferplane.engines.worker.protocol import Channel, Message
 
 
 class EngineBase:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from inferplane.engines.fair_queue import FairQueue
+from inferplane.engines.local.fair_queue import FairQueue
 from inferplane.errors import DeadlineExceeded, Overloaded
 
 

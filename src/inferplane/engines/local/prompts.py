@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from inferplane.config import ModelSpec
-from inferplane.engines.chat_template import ChatTemplate
+from inferplane.engines.local.chat_template import ChatTemplate
 from inferplane.errors import (
     ContextLengthExceeded,
     InvalidRequest,

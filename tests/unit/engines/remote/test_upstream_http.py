@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.upstream_http import Egress, UpstreamHTTP
+from inferplane.engines.remote.upstream_http import Egress, UpstreamHTTP
 from inferplane.errors import UpstreamError
 
 BODY = b'{"ok": true}'

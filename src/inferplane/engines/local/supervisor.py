@@ -1,7 +1,7 @@
 """Start, health-check and restart one worker process per local model.
 
 Lifecycle of a `ManagedWorker`:
-  1. spawn `python -m inferplane.engines.worker` in its own session (a Ctrl-C meant for
+  1. spawn `python -m inferplane.engines.worker.main` in its own session (a Ctrl-C meant for
      the gateway must not kill workers before in-flight streams have drained);
   2. connect to its socket until it accepts (the model is loaded by then) and read hello;
   3. watch: the process exiting, or a ping left unanswered for `health_timeout_s`,
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from inferplane.config import ModelSpec, ServerSettings
-from inferplane.engines.assets import ModelAsset
-from inferplane.engines.client import WorkerClient
-from inferplane.engines.protocol import decode
+from inferplane.engines.local.assets import ModelAsset
+from inferplane.engines.local.client import WorkerClient
+from inferplane.engines.worker.protocol import decode
 from inferplane.errors import Unavailable
 from inferplane.telemetry.metrics import Metrics
 
@@ -89,7 +89,7 @@ class ManagedWorker:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "inferplane.engines.worker",
+            "inferplane.engines.worker.main",
             "--socket",
             str(self._socket_path),
             "--model-path",

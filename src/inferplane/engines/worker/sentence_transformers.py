@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from inferplane.config import ModelSpec
-from inferplane.engines.base import EngineBase
-from inferplane.engines.protocol import Channel, Message
+from inferplane.engines.worker.base import EngineBase
+from inferplane.engines.worker.protocol import Channel, Message
 
 log = logging.getLogger(__name__)
 

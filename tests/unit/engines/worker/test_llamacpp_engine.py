@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from inferplane.config import ModelSpec
-from inferplane.engines.llamacpp import LlamaCppEngine
-from inferplane.engines.protocol import Message
+from inferplane.engines.worker.llamacpp import LlamaCppEngine
+from inferplane.engines.worker.protocol import Message
 
 
 class _Events:

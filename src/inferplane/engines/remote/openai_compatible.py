@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
+from inferplane.engines.remote.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
 from inferplane.events import (
     Finished,

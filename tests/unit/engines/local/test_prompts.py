@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from inferplane.config import ModelSpec
-from inferplane.engines.prompts import LlamaPrompts
+from inferplane.engines.local.prompts import LlamaPrompts
 from inferplane.errors import ContextLengthExceeded
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from inferplane.config import ModelSpec
-from inferplane.engines.prompts import LlamaPrompts
+from inferplane.engines.local.prompts import LlamaPrompts
 from inferplane.errors import (
     ContextLengthExceeded,
     InvalidRequest,

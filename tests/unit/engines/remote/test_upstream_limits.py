@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.upstream_http import UpstreamHTTP
+from inferplane.engines.remote.upstream_http import UpstreamHTTP
 from inferplane.errors import UpstreamResponseTooLarge
 
 MIB = 1 << 20

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from inferplane.config import ModelSpec
-from inferplane.engines.base import EngineBase
-from inferplane.engines.protocol import Channel, Message
-from inferplane.engines.stops import StopMatcher
+from inferplane.engines.worker.base import EngineBase
+from inferplane.engines.worker.protocol import Channel, Message
+from inferplane.engines.worker.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from inferplane.engines.protocol import Message, decode, encode
+from inferplane.engines.worker.protocol import Message, decode, encode
 from inferplane.errors import Overloaded, Unavailable
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from inferplane.config.defaults import DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE
-from inferplane.engines.chat_template import ChatTemplate
+from inferplane.engines.local.chat_template import ChatTemplate
 from inferplane.errors import InvalidRequest
 
 

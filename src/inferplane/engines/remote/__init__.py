@@ -1,0 +1,2 @@
+"""Remote deployments: the HTTP upstream client and one adapter per API
+(OpenAI-compatible servers, Anthropic)."""
