@@ -105,6 +105,91 @@ class Attempts:
     served_by: tuple[Alias, Deployment] | None = None
 
 
+OnAttempt = Callable[[Alias, Deployment, str], None]
+
+
+async def attempts(
+    alias: Alias,
+    plan: list[tuple[Alias, Deployment]],
+    run: Run,
+    state: Attempts,
+    *,
+    on_attempt: OnAttempt = lambda a, d, outcome: None,
+) -> AsyncIterator[GenerationEvent]:
+    """Run the plan until one attempt delivers; yields that attempt's events.
+
+    The retry policy, in rounds over the plan (`_Attempt` does each attempt's bookkeeping):
+
+    1. Stop at the alias's `max_attempts` (every attempt counts, fallbacks' too) or its
+       deadline. Skip a deployment that refused this request, whose upstream asked to
+       wait (Retry-After), or whose breaker lets no request through.
+    2. Coming back to a deployment that failed this request, back off first. A pause
+       that runs into the deadline makes no attempt (its timeout would mark the
+       deployment): the caller gets the last real error.
+    3. Attempt it. Delivered, or failed after the first token or in a way no retry
+       mends (raised to the caller): done. Failed before the first token: note it (a
+       refusal leaves the deployment out for this request) and go on.
+    4. After a round in which nothing could be tried, wait out the shortest Retry-After
+       if it ends soon and before the deadline; else stop (open breakers fail fast).
+
+    At the end the caller gets the last failure, or Unavailable if nothing was tried.
+    """
+    deadline = time.monotonic() + alias.deadline_s
+    last: InferplaneError | None = None
+    failed_here: dict[str, int] = {}
+    # Deployments that cannot serve this request at all (too long for them, refused).
+    excluded: set[str] = set()
+    while state.count < alias.max_attempts and plan:
+        progressed = False
+        for owner, dep in plan:
+            now = time.monotonic()
+            if state.count >= alias.max_attempts or now >= deadline:
+                break
+            if dep.name in excluded or dep.not_before > now or not dep.breaker.allow():
+                continue
+            progressed = True
+            failures = failed_here.get(dep.name, 0)
+            if failures and not await _back_off(alias, failures, now, deadline):
+                dep.breaker.release()  # allowed, but no attempt made: no verdict
+                break
+            async with _Attempt(owner, dep, run, state, deadline, on_attempt) as attempt:
+                async for event in attempt:
+                    yield event
+            if attempt.retry is None:
+                return  # delivered (a failure that ends the request has been raised)
+            last = attempt.retry
+            failed_here[dep.name] = failures + 1
+            if _only_elsewhere(last):
+                excluded.add(dep.name)
+        if not progressed and not await _wait_out_retry_after(plan, deadline):
+            break
+    if last is not None:
+        raise last
+    raise Unavailable(f"No deployment of '{alias.id}' can serve this request right now.")
+
+
+async def _back_off(alias: Alias, failures: int, now: float, deadline: float) -> bool:
+    """The pause before coming back to a deployment that failed this request `failures`
+    times: drawn from [0, min(backoff_max_s, backoff_base_s * 2**failures)] (full
+    jitter, so concurrent retries spread out), cut at the deadline. Whether time is left
+    for an attempt after it."""
+    pause = min(alias.backoff_max_s, alias.backoff_base_s * 2**failures)
+    await asyncio.sleep(min(random.uniform(0, pause), max(0.0, deadline - now)))
+    return time.monotonic() < deadline
+
+
+async def _wait_out_retry_after(plan: list[tuple[Alias, Deployment]], deadline: float) -> bool:
+    """No candidate could be tried. Wait for an upstream's Retry-After when it ends
+    soon (within `_MAX_RETRY_AFTER_WAIT_S`) and before the deadline; whether to go on.
+    Open breakers fail fast: waiting out a cooldown is left to the caller."""
+    now = time.monotonic()
+    wait = min((d.not_before - now for _, d in plan if d.not_before > now), default=None)
+    if wait is None or wait > _MAX_RETRY_AFTER_WAIT_S or now + wait >= deadline:
+        return False
+    await asyncio.sleep(wait)
+    return True
+
+
 def _may_retry(exc: BaseException) -> bool:
     if isinstance(exc, UpstreamError):
         return exc.retryable
@@ -125,6 +210,120 @@ def _only_elsewhere(exc: BaseException) -> bool:
     return isinstance(exc, ContextLengthExceeded)
 
 
+class _Attempt:
+    """One attempt at one deployment: its events, and its bookkeeping.
+
+    Entered, it counts the attempt, marks the deployment in flight and starts `run`.
+    Iterated, it yields the deployment's events: the first must come by the deployment's
+    `timeout_s` and the request's deadline, and a `Started` is held back until it (a
+    failure before the first token is retried elsewhere; the caller sees one answer).
+
+    On exit it gives its verdict: served (the stream ended, or a `Finished` came even if
+    the caller stopped reading there), failed (a failure that says the deployment is
+    unhealthy), or none (a failure that says nothing of its health: the request invalid
+    or refused there, the answer too large, its queue full; or the caller left): the
+    breaker's probe is handed back and nothing is counted. It reports the outcome to
+    `on_attempt`, closes the stream, and feeds the verdict to the breaker and the
+    deployment's latency/error averages.
+
+    A failure before the first token that another attempt may serve is kept in `retry`
+    and not raised (a Retry-After in it holds the deployment back); any other failure
+    goes on to the caller.
+    """
+
+    def __init__(
+        self,
+        owner: Alias,
+        dep: Deployment,
+        run: Run,
+        state: Attempts,
+        deadline: float,
+        on_attempt: OnAttempt,
+    ):
+        self.owner, self.dep = owner, dep
+        self._run, self._state, self._deadline = run, state, deadline
+        self._on_attempt = on_attempt
+        # A failure before the first token that another attempt may mend.
+        self.retry: InferplaneError | None = None
+        self._delivered = False
+        self._verdict: bool | None = None
+        self._ttft: float | None = None
+        self._after_held: GenerationEvent | None = None
+
+    async def __aenter__(self) -> _Attempt:
+        self._state.count += 1
+        self._started = time.perf_counter()
+        self.dep.in_flight += 1
+        self._stream = self._run(self.owner, self.dep)
+        self._until = self._deadline
+        if self.dep.timeout_s is not None:
+            self._until = min(self._deadline, time.monotonic() + self.dep.timeout_s)
+        return self
+
+    def __aiter__(self) -> _Attempt:
+        return self
+
+    async def __anext__(self) -> GenerationEvent:
+        if self._after_held is not None:
+            event, self._after_held = self._after_held, None
+        elif self._delivered:
+            event = await anext(self._stream)
+        else:
+            event = await self._first_event()
+        if isinstance(event, Finished):
+            self._verdict = True  # served, even if the caller stops reading here
+        return event
+
+    async def _first_event(self) -> GenerationEvent:
+        """The first real event, by `_until`; a `Started` before it comes out first."""
+        held: Started | None = None
+        event = await _first(self._stream, self._until, self.dep)
+        while isinstance(event, Started):
+            held = event
+            event = await _first(self._stream, self._until, self.dep)
+        self._delivered = True
+        self._ttft = time.perf_counter() - self._started
+        self._state.served_by = (self.owner, self.dep)
+        if held is None:
+            return event
+        self._after_held = event
+        return held
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if exc is None:
+            self._verdict = True  # the stream ended
+        elif isinstance(exc, InferplaneError):
+            self._failed(exc)
+        self.dep.in_flight -= 1
+        await self._stream.aclose()  # type: ignore[attr-defined]
+        self._settle()
+        return self.retry is not None  # a retry is the policy's to make, not an error
+
+    def _failed(self, exc: InferplaneError) -> None:
+        self._verdict = False if _counts_against(exc) else None
+        if self._delivered or not _may_retry(exc):
+            self._on_attempt(self.owner, self.dep, "failure")
+            return
+        self.retry = exc
+        if isinstance(exc, UpstreamError) and exc.retry_after:
+            self.dep.not_before = time.monotonic() + exc.retry_after
+        self._on_attempt(self.owner, self.dep, "retry")
+
+    def _settle(self) -> None:
+        """Feed the verdict to the breaker and the deployment's averages."""
+        if self._verdict is True:
+            self._on_attempt(self.owner, self.dep, "success")
+            self.dep.breaker.success()
+            self.dep.observe(True, self._ttft, time.perf_counter() - self._started)
+        elif self._verdict is False:
+            self.dep.breaker.failure()
+            self.dep.observe(False)
+        else:
+            self.dep.breaker.release()
+
+
 async def _first(
     stream: AsyncIterator[GenerationEvent], until: float, dep: Deployment
 ) -> GenerationEvent:
@@ -136,108 +335,3 @@ async def _first(
         raise UpstreamError(
             f"Deployment '{dep.name}' gave no answer in time.", reason="timeout"
         ) from None
-
-
-async def attempts(
-    alias: Alias,
-    plan: list[tuple[Alias, Deployment]],
-    run: Run,
-    state: Attempts,
-    *,
-    on_attempt: Callable[[Alias, Deployment, str], None] = lambda a, d, outcome: None,
-) -> AsyncIterator[GenerationEvent]:
-    """Run the plan until one attempt delivers; yields that attempt's events."""
-    deadline = time.monotonic() + alias.deadline_s
-    last: InferplaneError | None = None
-    failed_here: dict[str, int] = {}
-    # Deployments that cannot serve this request at all (too long for them, refused).
-    excluded: set[str] = set()
-    while state.count < alias.max_attempts and plan:
-        progressed = False
-        for owner, dep in plan:
-            now = time.monotonic()
-            if state.count >= alias.max_attempts or now >= deadline:
-                break
-            if dep.name in excluded or dep.not_before > now or not dep.breaker.allow():
-                continue
-            progressed = True
-            if failed_here.get(dep.name):
-                # Coming back to a deployment that failed this request: back off first.
-                pause = min(alias.backoff_max_s, alias.backoff_base_s * 2 ** failed_here[dep.name])
-                await asyncio.sleep(min(random.uniform(0, pause), max(0.0, deadline - now)))
-                if time.monotonic() >= deadline:
-                    # The pause ran into the deadline: no attempt with no time left (its
-                    # timeout would mark the deployment); the caller gets the last error.
-                    dep.breaker.release()
-                    break
-            state.count += 1
-            delivered = False
-            verdict: bool | None = None
-            started = time.perf_counter()
-            ttft: float | None = None
-            dep.in_flight += 1
-            stream = run(owner, dep)
-            # The first token must come by the attempt's timeout and the request's deadline.
-            until = deadline
-            if dep.timeout_s is not None:
-                until = min(deadline, time.monotonic() + dep.timeout_s)
-            try:
-                held: Started | None = None
-                while True:
-                    try:
-                        if delivered:
-                            event = await anext(stream)
-                        else:
-                            event = await _first(stream, until, dep)
-                    except StopAsyncIteration:
-                        break
-                    if not delivered:
-                        if isinstance(event, Started):
-                            held = event
-                            continue
-                        delivered = True
-                        ttft = time.perf_counter() - started
-                        state.served_by = (owner, dep)
-                        if held is not None:
-                            yield held
-                    if isinstance(event, Finished):
-                        verdict = True  # served, even if the caller stops reading here
-                    yield event
-                verdict = True
-                return
-            except InferplaneError as exc:
-                if delivered or not _may_retry(exc):
-                    verdict = False if _counts_against(exc) else None
-                    on_attempt(owner, dep, "failure")
-                    raise
-                last = exc
-                verdict = False if _counts_against(exc) else None
-                failed_here[dep.name] = failed_here.get(dep.name, 0) + 1
-                if _only_elsewhere(exc):
-                    excluded.add(dep.name)
-                if isinstance(exc, UpstreamError) and exc.retry_after:
-                    dep.not_before = time.monotonic() + exc.retry_after
-                on_attempt(owner, dep, "retry")
-            finally:
-                dep.in_flight -= 1
-                await stream.aclose()  # type: ignore[attr-defined]
-                if verdict is True:
-                    on_attempt(owner, dep, "success")
-                    dep.breaker.success()
-                    dep.observe(True, ttft, time.perf_counter() - started)
-                elif verdict is False:
-                    dep.breaker.failure()
-                    dep.observe(False)
-                else:
-                    dep.breaker.release()
-        if not progressed:
-            # Every candidate is unavailable. Wait for an upstream's Retry-After when it
-            # ends soon and within the deadline; open breakers fail fast.
-            now = time.monotonic()
-            wait = min((d.not_before - now for _, d in plan if d.not_before > now), default=None)
-            if wait is None or wait > _MAX_RETRY_AFTER_WAIT_S or now + wait >= deadline:
-                break
-            await asyncio.sleep(wait)
-    if last is not None:
-        raise last
-    raise Unavailable(f"No deployment of '{alias.id}' can serve this request right now.")
