@@ -9,10 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inferplane.errors import InferplaneError, InvalidRequest, Unavailable
+from inferplane.errors import InferplaneError, InvalidRequest
+from inferplane.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -74,6 +74,10 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 def response_for(request: Request, exc: Exception) -> JSONResponse:
     """The OpenAI-style answer to any exception a route raised."""
+    if isinstance(exc, StoreUnavailable):
+        # The driver's error class only: its message may quote a connection string.
+        log.warning("request %s: store unavailable: %s", _rid(request), exc.cause)
+        return error_response(exc)
     if isinstance(exc, InferplaneError):
         if exc.status >= 500:
             log.warning("request %s: %s", _rid(request), exc.message)
@@ -86,15 +90,6 @@ def response_for(request: Request, exc: Exception) -> JSONResponse:
         err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(err.body(), status_code=exc.status_code)
-    if isinstance(exc, DBAPIError):
-        log.warning("request %s: store unavailable: %s", _rid(request), type(exc).__name__)
-        return error_response(
-            Unavailable(
-                "The store is unreachable; try again shortly.",
-                retry_after=5,
-                code="store_unavailable",
-            )
-        )
     log.exception("request %s failed", _rid(request), exc_info=exc)
     return error_response(
         InferplaneError(
@@ -107,7 +102,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return response_for(request, exc)
 
-    for kind in (InferplaneError, RequestValidationError, StarletteHTTPException, DBAPIError):
+    for kind in (InferplaneError, RequestValidationError, StarletteHTTPException):
         app.add_exception_handler(kind, handle)
     app.add_exception_handler(Exception, handle)
 

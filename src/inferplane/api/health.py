@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from inferplane.api.services import services
+from inferplane.store.database import reachable
 
 router = APIRouter()
 
@@ -23,19 +23,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     svc = services(request)
     workers = {m: w.ready for m, w in svc.supervisor.workers.items()}
-    store = await asyncio.to_thread(_store_ok, svc.tenancy.store.engine)
+    store = await asyncio.to_thread(reachable, svc.tenancy.store.engine)
     ready = svc.accepting and store and all(workers.values())
     body = {"status": "ready" if ready else "not_ready", "models": workers, "store": store}
     return JSONResponse(body, status_code=200 if ready else 503)
-
-
-def _store_ok(engine: sa.Engine) -> bool:
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        return True
-    except sa.exc.SQLAlchemyError:
-        return False
 
 
 @router.get("/metrics")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
+from inferplane.store.database import connect, transaction
 from inferplane.store.tables import prices
 
 NonNegative = Annotated[float, Field(ge=0, le=1_000_000)]
@@ -58,7 +59,7 @@ class PriceBook:
 
     def load(self) -> None:
         latest = sa.select(sa.func.max(prices.c.id)).group_by(prices.c.model)
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(sa.select(prices).where(prices.c.id.in_(latest))).all()
         self._current = {r.model: _version(r) for r in rows}
 
@@ -69,7 +70,7 @@ class PriceBook:
         current = self._current.get(model)
         if current is not None and current.price == price:
             return current
-        with self._engine.begin() as conn:
+        with transaction(self._engine) as conn:
             row = conn.execute(
                 prices.insert()
                 .values(model=model, created_at=datetime.now(UTC), **price.model_dump())

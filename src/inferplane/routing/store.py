@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import orjson
 import sqlalchemy as sa
@@ -14,7 +15,9 @@ from pydantic import ValidationError
 
 from inferplane.config import ModelSpec
 from inferplane.config.routes import REMOTE_ENGINES, RemoteDeployment
+from inferplane.errors import Conflict
 from inferplane.routing.secrets import SecretBox
+from inferplane.store.database import connect, transaction
 from inferplane.store.tables import deployments as table
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ class DeploymentStore:
         self._box = box
 
     def all(self) -> list[RuntimeDeployment]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(sa.select(table).order_by(table.c.created_at)).mappings().all()
         out = []
         for row in rows:
@@ -62,7 +65,7 @@ class DeploymentStore:
         return out
 
     def exists(self, name: str) -> bool:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             found = conn.execute(sa.select(table.c.name).where(table.c.name == name)).first()
         return found is not None
 
@@ -74,7 +77,10 @@ class DeploymentStore:
             "api_key_encrypted": self._box.seal(dep.api_key) if dep.api_key else None,
             "updated_at": now,
         }
-        with self._engine.begin() as conn:
+        # Two replicas adding one name at once: the second is told it exists, as it would
+        # have been a moment later (the name is the primary key).
+        taken = partial(Conflict, f"A deployment named '{dep.name}' exists.", param="name")
+        with transaction(self._engine, unique=taken) as conn:
             updated = conn.execute(
                 sa.update(table).where(table.c.name == dep.name).values(**values)
             ).rowcount
@@ -82,5 +88,5 @@ class DeploymentStore:
                 conn.execute(sa.insert(table).values(name=dep.name, created_at=now, **values))
 
     def delete(self, name: str) -> bool:
-        with self._engine.begin() as conn:
+        with transaction(self._engine) as conn:
             return bool(conn.execute(sa.delete(table).where(table.c.name == name)).rowcount)

@@ -2,16 +2,23 @@
 
 SQLite (the embedded default) or PostgreSQL (`INFERPLANE_DATABASE_URL`), same Alembic
 migrations. Replicas starting together serialise their migrations on an advisory lock.
+Stores reach the database through `connect()` and `transaction()`, which translate the
+driver's errors into the exception tree (`store.errors`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+
+from inferplane.errors import InferplaneError
+from inferplane.store.errors import map_db_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 7_270_001
@@ -44,6 +51,33 @@ def open_database(url: str) -> sa.Engine:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return engine
+
+
+@contextmanager
+def connect(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection for reads; the driver's errors come out as the tree's."""
+    with map_db_errors(), engine.connect() as conn:
+        yield conn
+
+
+@contextmanager
+def transaction(
+    engine: sa.Engine, *, unique: Callable[[], InferplaneError] | None = None
+) -> Iterator[sa.Connection]:
+    """A connection in a transaction, committed at the end of the block (its commit's
+    errors translated too). `unique` names the error of a unique key already taken."""
+    with map_db_errors(unique=unique), engine.begin() as conn:
+        yield conn
+
+
+def reachable(engine: sa.Engine) -> bool:
+    """Whether the store answers a query now (blocking: call from a thread)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+    except sa.exc.SQLAlchemyError:
+        return False
 
 
 def db_time(engine: sa.Engine, value: datetime) -> datetime:

@@ -6,10 +6,11 @@ Path of a record:
      gateway, which only loses what is still in the process);
   2. every `flush_interval_s` the flusher closes the journal, renames it to a numbered
      segment, and inserts the segment's records into the store in one transaction with
-     "on conflict do nothing" on the request id, then deletes the segment;
+     "on conflict do nothing" on the ledger id (`UsageRecord.id`, one per admitted
+     request; not the caller's x-request-id, which may repeat), then deletes the segment;
   3. if the store is unreachable the segments stay on disk (the spool) and are retried;
      on start-up, segments left by a crash are replayed. Replaying twice is harmless:
-     the request id is the primary key.
+     the ledger id is the primary key.
 The spool is bounded (`max_spool_bytes`); once full, `accepting` turns false and the
 data plane refuses new requests (503) rather than answer requests it cannot account for.
 """
@@ -202,6 +203,8 @@ class UsageLedger:
                     log.warning("usage ledger: skipping a torn line in %s", segment.name)
         if not rows:
             return
+        # Not `store.database.transaction()`: no error of this reaches a caller; flush()
+        # keeps the segment and logs the driver's own words about why.
         with self._engine.begin() as conn:
             conn.exec_driver_sql(self._insert.sql, rows)
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from inferplane.store.database import db_time
+from inferplane.store.database import connect, db_time
 from inferplane.store.tables import usage_records as u
 
 GROUPS: dict[str, tuple[str, sa.ColumnElement[Any]]] = {
@@ -66,7 +66,7 @@ def query_usage(
     for name, value in (filters or {}).items():
         query = query.where(FILTERS[name] == value)
     query = query.order_by(*[c for c in columns]) if columns else query
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         rows = conn.execute(query).mappings().all()
     out = []
     for row in rows:

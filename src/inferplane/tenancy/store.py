@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 
 from inferplane.errors import InvalidRequest, NotFound
 from inferplane.limits.policy import Budget, Limits
-from inferplane.store.database import db_time
+from inferplane.store.database import connect, db_time, transaction
 from inferplane.store.tables import api_keys, orgs, teams, usage_records
 from inferplane.tenancy.records import Credential, KeyRecord, Principal, Snapshot, TeamRecord
 from inferplane.tenancy.schemas import (
@@ -97,7 +98,7 @@ class TenancyStore:
     # -- snapshot -----------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             team_rows = conn.execute(sa.select(teams)).all()
             key_rows = conn.execute(sa.select(api_keys).where(api_keys.c.revoked_at.is_(None)))
             team_map = {
@@ -139,16 +140,15 @@ class TenancyStore:
 
     def create_org(self, cmd: OrgCreate) -> dict[str, Any]:
         org_id = new_id("org")
-        with self.engine.begin() as conn:
-            if conn.execute(sa.select(orgs.c.id).where(orgs.c.name == cmd.name)).first():
-                raise InvalidRequest(f"An organization named '{cmd.name}' exists.", param="name")
+        taken = partial(InvalidRequest, f"An organization named '{cmd.name}' exists.", param="name")
+        with transaction(self.engine, unique=taken) as conn:
             conn.execute(
                 orgs.insert().values(id=org_id, name=cmd.name, created_at=datetime.now(UTC))
             )
         return self.get_org(org_id)
 
     def get_org(self, org_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             row = conn.execute(sa.select(orgs).where(orgs.c.id == org_id)).first()
         if row is None:
             raise NotFound(f"No organization with id '{org_id}'.", param="id", code="org_not_found")
@@ -159,14 +159,9 @@ class TenancyStore:
 
     def create_team(self, cmd: TeamCreate) -> dict[str, Any]:
         team_id = new_id("team")
-        with self.engine.begin() as conn:
+        with transaction(self.engine, unique=partial(_team_taken, cmd.name)) as conn:
             if not conn.execute(sa.select(orgs.c.id).where(orgs.c.id == cmd.org_id)).first():
                 raise InvalidRequest(f"No organization '{cmd.org_id}'.", param="org_id")
-            clash = conn.execute(
-                sa.select(teams.c.id).where(teams.c.org_id == cmd.org_id, teams.c.name == cmd.name)
-            ).first()
-            if clash:
-                raise InvalidRequest(f"The organization has a team '{cmd.name}'.", param="name")
             conn.execute(
                 teams.insert().values(
                     id=team_id,
@@ -182,7 +177,7 @@ class TenancyStore:
         return self.get_team(team_id)
 
     def get_team(self, team_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             row = conn.execute(sa.select(teams).where(teams.c.id == team_id)).first()
         if row is None:
             raise NotFound(f"No team with id '{team_id}'.", param="id", code="team_not_found")
@@ -205,8 +200,9 @@ class TenancyStore:
             values["budget"] = cmd.budget.model_dump() if cmd.budget else None
         if cmd.weight is not None:
             values["weight"] = cmd.weight
-        if values:
-            with self.engine.begin() as conn:
+        if values:  # only a new name can take a unique key
+            taken = partial(_team_taken, cmd.name) if cmd.name is not None else None
+            with transaction(self.engine, unique=taken) as conn:
                 conn.execute(teams.update().where(teams.c.id == team_id).values(**values))
         return self.get_team(team_id)
 
@@ -215,7 +211,7 @@ class TenancyStore:
     def create_key(self, cmd: KeyCreate) -> dict[str, Any]:
         secret = generate_key()
         key_id = new_id("key")
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             if (
                 cmd.team_id is not None
                 and not conn.execute(sa.select(teams.c.id).where(teams.c.id == cmd.team_id)).first()
@@ -241,7 +237,7 @@ class TenancyStore:
         return {**self.get_key(key_id), "key": secret}
 
     def get_key(self, key_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
         if row is None:
             raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
@@ -268,7 +264,7 @@ class TenancyStore:
         if "budget" in cmd.model_fields_set:
             values["budget"] = cmd.budget.model_dump() if cmd.budget else None
         values["updated_at"] = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
         return self.get_key(key_id)
 
@@ -279,7 +275,7 @@ class TenancyStore:
                 param="id",
             )
         self.get_key(key_id)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -291,7 +287,7 @@ class TenancyStore:
         row = self._live_key(key_id)
         secret = generate_key()
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id)
@@ -313,7 +309,7 @@ class TenancyStore:
         bootstrap key works after a restart: it cannot expire (an expiry stored by an
         older version is cleared) and cannot be revoked.
         """
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             existing = conn.execute(
                 sa.select(api_keys.c.key_hash).where(api_keys.c.id == ADMIN_KEY_ID)
             ).first()
@@ -357,7 +353,7 @@ class TenancyStore:
     # -- helpers ------------------------------------------------------------------------
 
     def _live_key(self, key_id: str) -> sa.Row[Any]:
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
         if row is None or row.revoked_at is not None:
             raise NotFound(
@@ -373,7 +369,7 @@ class TenancyStore:
             query = query.where(clause)
         if after:
             query = query.where(table.c.id > after)
-        with self.engine.connect() as conn:
+        with connect(self.engine) as conn:
             return list(conn.execute(query))
 
 
@@ -383,8 +379,13 @@ def spent_since(engine: sa.Engine, column: str, scope_id: str, since: datetime) 
     query = sa.select(sa.func.coalesce(sa.func.sum(usage_records.c.cost_nusd), 0)).where(
         col == scope_id, usage_records.c.created_at >= db_time(engine, since)
     )
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         return int(conn.execute(query).scalar_one())
+
+
+def _team_taken(name: str) -> InvalidRequest:
+    """A team name is unique within its organization (the key that refused it)."""
+    return InvalidRequest(f"The organization has a team '{name}'.", param="name")
 
 
 def _data_class(metadata: Any) -> str | None:
