@@ -87,7 +87,7 @@ async def _run(size: int, queries: int, rng: np.random.Generator) -> dict[str, f
     answer = Answer(("an answer",), "stop", 10, 5, "dep", "v1", time.time(), 1000)
     started = time.perf_counter()
     for i in range(size):
-        lookup = cache.plan(principal, "m", None, _request(i), versions, Directives())
+        lookup = cache.lookup(principal, "m", None, _request(i), versions, Directives())
         assert lookup is not None
         lookup.vector = vectors[i]
         await cache._put(lookup, answer)  # what a finished miss stores
@@ -101,7 +101,7 @@ async def _run(size: int, queries: int, rng: np.random.Generator) -> dict[str, f
         text = f"paraphrase {n}"
         wanted[text] = probe
         req = {**_request(-1), "messages": [{"role": "user", "content": text}]}
-        lookup = cache.plan(principal, "m", None, req, versions, Directives())
+        lookup = cache.lookup(principal, "m", None, req, versions, Directives())
         assert lookup is not None
         lookups.append(lookup)
         probes.append(probe)

@@ -43,7 +43,7 @@ from inferplane.cache.shared import SemanticFeed
 from inferplane.cache.store import EntryStore, MemoryStore, RedisStore
 from inferplane.config import Settings
 from inferplane.engines.local.assets import provision
-from inferplane.engines.local.model import LocalModel, load_local_model
+from inferplane.engines.local.model import LocalEmbedder, LocalModel, as_embedder, load_local_model
 from inferplane.engines.local.supervisor import Supervisor
 from inferplane.limits.budgets import Budgets, BudgetTracker
 from inferplane.limits.memory import Limiter, MemoryLimiter
@@ -223,7 +223,7 @@ def _response_cache(
         store = RedisStore(redis)
     semantic = None
     if cfg.semantic is not None:
-        embedder = models[cfg.semantic.embedding_model]
+        embedder = as_embedder(models[cfg.semantic.embedding_model])
         index = SemanticIndex(cfg.semantic.max_bytes)
         # With the Redis store, replicas share their semantic entries too.
         feed = SemanticFeed(redis, index) if cfg.backend == "redis" and redis else None
@@ -239,7 +239,7 @@ def _response_cache(
     )
 
 
-def _embed_with(model: LocalModel) -> Embedder:
+def _embed_with(model: LocalEmbedder) -> Embedder:
     """The semantic cache's embedding call (an internal request: not rate-limited or
     billed to the caller)."""
 

@@ -4,12 +4,8 @@
 - body limit: bodies are read up to `max_body_bytes` before the app sees them; beyond
   that the caller gets 413 (whether or not it sent Content-Length); a client that
   disconnects before its body is complete ends the request (the app is not called);
-- response headers: `x-request-id`, `x-inferplane-model-version` and
-  `x-inferplane-deployment` on every response ("none" where no model served it);
-- the admission's `x-ratelimit-*` headers, on successes as on 429s;
-- `x-inferplane-cache` (with `Age` on a hit, `x-inferplane-cache-score` on a semantic
-  one) where the response cache was consulted, `x-inferplane-context-truncated` where
-  the context policy left chat turns out;
+- the request's `Outcome` (`pipeline/context.py`), which the pipeline fills as it runs,
+  and the response headers built from it (`api/headers.py`);
 - metrics: requests by route/model/status, duration, in-flight.
 """
 
@@ -21,7 +17,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferplane.api.headers import response_headers
 from inferplane.errors import PayloadTooLarge
+from inferplane.pipeline.context import Outcome
 from inferplane.telemetry.ids import unique_id
 from inferplane.telemetry.metrics import Metrics
 
@@ -45,36 +43,18 @@ class GatewayMiddleware:
         request_id = sent_id if _SANE_ID.match(sent_id) else "req_" + unique_id()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        # What the pipeline learns of the request, for its response headers and metrics.
+        state["outcome"] = outcome = Outcome()
         status = 500
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                version = str(state.get("model_version", "none"))
-                deployment = str(state.get("deployment", "none"))
                 message["headers"] = [
                     *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                    (b"x-inferplane-model-version", version.encode()),
-                    (b"x-inferplane-deployment", deployment.encode()),
+                    *response_headers(request_id, outcome),
                 ]
-                if "attempts" in state:
-                    attempts = str(state["attempts"]).encode()
-                    message["headers"].append((b"x-inferplane-attempts", attempts))
-                if "dropped_turns" in state:  # the context policy truncated the chat
-                    dropped = str(state["dropped_turns"]).encode()
-                    message["headers"].append((b"x-inferplane-context-truncated", dropped))
-                cache = state.get("cache")
-                if cache is not None:  # x-inferplane-cache: hit | semantic-hit | miss
-                    message["headers"].append((b"x-inferplane-cache", cache.encode()))
-                    if "cache_age" in state:
-                        message["headers"].append((b"age", str(state["cache_age"]).encode()))
-                    if "cache_score" in state:
-                        score = str(state["cache_score"]).encode()
-                        message["headers"].append((b"x-inferplane-cache-score", score))
-                limits: dict[str, str] = state.get("ratelimit_headers") or {}
-                message["headers"] += [(k.encode(), v.encode()) for k, v in limits.items()]
             await send(message)
 
         self.metrics.in_flight.inc()
@@ -94,7 +74,7 @@ class GatewayMiddleware:
             self.metrics.in_flight.dec()
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            model = str(state.get("model", ""))
+            model = outcome.model or ""
             self.metrics.requests.labels(path, model, str(status)).inc()
             self.metrics.request_duration.labels(path, model).observe(time.perf_counter() - started)
 

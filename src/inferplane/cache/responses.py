@@ -158,7 +158,7 @@ class ResponseCache:
         if self._semantic is not None and self._semantic.feed is not None:
             await self._semantic.feed.aclose()
 
-    def plan(
+    def lookup(
         self,
         principal: Principal,
         model: str,

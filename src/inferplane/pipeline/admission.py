@@ -63,6 +63,14 @@ def rate_scopes(principal: Principal, model: str, model_limits: Limits) -> list[
     return [s for s in candidates if not s.limits.empty]
 
 
+def token_cap(scopes: list[Scope]) -> int | None:
+    """The most completion tokens one request may ask for: the smallest `max_tokens`
+    limit of its key, team and model."""
+    return min(
+        (s.limits.max_tokens for s in scopes if s.limits.max_tokens is not None), default=None
+    )
+
+
 def budget_scopes(principal: Principal) -> list[BudgetScope]:
     out = []
     if principal.key.budget is not None:
@@ -104,7 +112,7 @@ class Admitter:
             if budget is not None:
                 budget.settle(0)
             raise
-        ctx.ratelimit_headers = hold.headers
+        ctx.outcome.ratelimit_headers = hold.headers
         return Admission(hold, budget, price)
 
     async def enter(self, ctx: RequestContext, model: str, scopes: list[Scope]) -> Admission:
@@ -112,7 +120,7 @@ class Admitter:
         Settle the admission if the request goes no further than this."""
         self._check_ledger()
         hold = await self._acquire(scopes, None)
-        ctx.ratelimit_headers = hold.headers
+        ctx.outcome.ratelimit_headers = hold.headers
         return Admission(hold, None, self._prices.get(model))
 
     async def reserve(
@@ -132,9 +140,9 @@ class Admitter:
             await hold.reserve(prompt_tokens + max_completion_tokens)
         except RateLimited:
             # The refusal carries the complete x-ratelimit-* set; no second copy.
-            ctx.ratelimit_headers = {}
+            ctx.outcome.ratelimit_headers = {}
             raise
-        ctx.ratelimit_headers = hold.headers
+        ctx.outcome.ratelimit_headers = hold.headers
 
     def _check_ledger(self) -> None:
         if not self._ledger.accepting:

@@ -1,4 +1,5 @@
-"""The per-request context every stage reads and extends."""
+"""A request's frozen inputs (`RequestContext`) and what the pipeline learns about it as
+it runs (`Outcome`)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,43 @@ from inferplane.tenancy.records import Principal
 
 
 @dataclass(slots=True)
+class Outcome:
+    """What the pipeline learns about one request, written by the stages and routing as
+    they go. Read once at the end: the response's headers (`api/headers.py`), the
+    request metrics and the usage ledger. Created by the HTTP layer's middleware before
+    anything runs, so a request refused early still answers with what is known."""
+
+    model: str | None = None  # the model id the caller named, once resolved
+    # Where and what served the request (set by routing once an attempt delivers, or
+    # by the cache from a hit's answer).
+    deployment: str | None = None
+    model_version: str | None = None
+    attempts: int | None = None  # a routed request's attempts (None: not routed)
+    # The cache stage: "hit", "semantic-hit" or "miss" (None: not consulted), a hit's age
+    # in seconds, a semantic hit's similarity.
+    cache: str | None = None
+    cache_age: int | None = None
+    cache_score: float | None = None
+    dropped_turns: int = 0  # oldest chat turns left out to fit the context
+    # x-ratelimit-* headers of the admission, for the response.
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    first_token_at: float | None = None  # time.perf_counter()
+
+    def served_by(self, deployment: str, version: str) -> None:
+        self.deployment, self.model_version = deployment, version
+
+
+@dataclass(frozen=True, slots=True)
 class RequestContext:
+    """A request's inputs, as every stage reads them."""
+
     request_id: str
     principal: Principal
     endpoint: str  # "chat.completions", "completions", "embeddings"
     user: str | None = None  # the end user the caller acts for (OpenAI's `user`)
     started: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
     # time.monotonic() by which the request must have left the model's queue.
     deadline: float | None = None
     # The ledger's key: unique per request even when callers reuse their x-request-id.
     ledger_id: str = field(default_factory=unique_id)
-    # x-ratelimit-* headers of the admission, for the response.
-    ratelimit_headers: dict[str, str] = field(default_factory=dict)
-    # Set by routing once an attempt delivers: where and what served the request.
-    deployment: str | None = None
-    model_version: str | None = None
-    attempts: int = 0
-    # Set by the cache stage: "hit", "semantic-hit" or "miss" (None: not consulted), and
-    # a hit's age in seconds.
-    cache: str | None = None
-    cache_age: int | None = None
-    cache_score: float | None = None  # a semantic hit's similarity
-    dropped_turns: int = 0  # oldest chat turns left out to fit the context
+    outcome: Outcome = field(default_factory=Outcome)

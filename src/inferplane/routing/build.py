@@ -15,14 +15,15 @@ from inferplane.config import ModelSpec, Settings
 from inferplane.config.policy import peer_allowed
 from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing
 from inferplane.engines.local.assets import AssetError, provision
-from inferplane.engines.local.model import LocalModel, load_local_model
+from inferplane.engines.local.model import LocalModel, as_embedder, load_local_model
 from inferplane.engines.local.supervisor import ManagedWorker, Supervisor, WorkerStartError
 from inferplane.engines.remote.anthropic import AnthropicEngine
+from inferplane.engines.remote.base import RemoteEngine
 from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
 from inferplane.engines.remote.upstream_http import Egress
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.complexity import DEFAULT_LARGE, DEFAULT_SMALL, ComplexityClassifier
-from inferplane.routing.deployments import Alias, Deployment, RemoteEngine, alias_from_spec
+from inferplane.routing.deployments import Alias, Deployment, alias_from_spec
 from inferplane.routing.router import Router
 from inferplane.routing.store import RuntimeDeployment
 from inferplane.telemetry.metrics import Metrics
@@ -58,11 +59,11 @@ class RouteTable:
         self._base: dict[str, Alias] = {}
         self.configured: set[str] = set()  # deployment names from the config file
         for model in models.values():
-            if model.spec.listed and model.kind == "llm":
+            if model.spec.listed and model.is_llm:
                 # A plain local model: one deployment, whose worker restarts on failure
                 # (requests wait for it), so its breaker never opens.
                 never = self._breaker(model.deployment, 1 << 30, 1.0)
-                dep = Deployment(model.deployment, model.spec, never, local=model)
+                dep = Deployment(model.deployment, model.spec, never, model)
                 self._base[model.id] = Alias(model.id, [dep], limits=model.spec.limits)
         for spec in settings.aliases:
             deployments = []
@@ -70,7 +71,7 @@ class RouteTable:
                 if isinstance(d, dict):
                     local = models[str(d["name"])]
                     cut = self._breaker(local.id, spec.breaker_failures, spec.breaker_cooldown_s)
-                    deployments.append(Deployment(local.id, local.spec, cut, local=local))
+                    deployments.append(Deployment(local.id, local.spec, cut, local))
                 else:
                     key = self._env.get(d.api_key_env) if d.api_key_env else None
                     deployments.append(self._remote(spec, d, key))
@@ -116,9 +117,9 @@ class RouteTable:
                     failed[item.name] = str(exc)
                     continue
                 cut = self._breaker(item.name, spec.breaker_failures, spec.breaker_cooldown_s)
-                dep = Deployment(item.name, item.spec, cut, local=local)
-            if dep.local is not None:
-                workers[item.name] = (_worker_fingerprint(dep.local.spec), dep.local)
+                dep = Deployment(item.name, item.spec, cut, local)
+            if isinstance(dep.engine, LocalModel):
+                workers[item.name] = (_worker_fingerprint(dep.engine.spec), dep.engine)
             kept[item.name] = (fingerprint, dep)
             extra.setdefault(item.alias, []).append(dep)
         still = {id(dep) for _, dep in kept.values()}
@@ -138,7 +139,9 @@ class RouteTable:
         for dep in retired:
             # A local deployment whose worker lives on (only its routing changed) is not
             # stopped: its replacement holds the same worker.
-            worker = dep.local.worker if dep.local and id(dep.local) in stopped else None
+            engine = dep.engine
+            own = isinstance(engine, LocalModel) and id(engine) in stopped
+            worker = engine.worker if isinstance(engine, LocalModel) and own else None
             self._background(_drain_and_close(dep, worker, self._supervisor))
         return failed
 
@@ -174,8 +177,9 @@ class RouteTable:
             engine = AnthropicEngine(d, key, spec.default_max_tokens, self._egress)
         else:
             engine = OpenAICompatibleEngine(d, key, self._egress)
+        engine.default_max_tokens = spec.default_max_tokens
         cut = self._breaker(d.name, spec.breaker_failures, spec.breaker_cooldown_s)
-        return Deployment(d.name, d, cut, remote=engine)
+        return Deployment(d.name, d, cut, engine)
 
     def _breaker(self, name: str, failures: int, cooldown_s: float) -> CircuitBreaker:
         healthy = self._metrics.deployment_healthy.labels(name)
@@ -201,7 +205,7 @@ def _classifier(spec: AliasSpec, models: dict[str, LocalModel]) -> ComplexityCla
     if cfg is None:
         return None
     return ComplexityClassifier(
-        models[cfg.embedding_model].vectors,
+        as_embedder(models[cfg.embedding_model]).vectors,
         cfg.large or DEFAULT_LARGE,
         cfg.small or DEFAULT_SMALL,
         margin=cfg.margin,
@@ -225,7 +229,6 @@ async def _drain_and_close(
         if not dep.in_flight:
             break
         await asyncio.sleep(0.5)
-    if dep.remote is not None:
-        await dep.remote.aclose()
+    await dep.engine.aclose()
     if worker is not None:
         await supervisor.remove(worker)

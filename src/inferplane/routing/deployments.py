@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from inferplane.config.routes import AliasSpec, RemoteDeployment, Routing, Strategy
-from inferplane.engines.local.model import LocalModel
-from inferplane.events import GenerationEvent
+from inferplane.config.routes import AliasSpec, Routing, Strategy
+from inferplane.engines.interface import Engine
 from inferplane.limits.policy import Limits
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.complexity import ComplexityClassifier
@@ -17,36 +14,12 @@ from inferplane.routing.complexity import ComplexityClassifier
 _EWMA = 0.2  # weight of the newest observation
 
 
-class RemoteEngine(Protocol):
-    """A remote deployment's adapter (openai_compatible, anthropic)."""
-
-    spec: RemoteDeployment
-
-    def generate(
-        self,
-        endpoint: str,
-        prompt_input: dict[str, Any],
-        sampling: dict[str, Any],
-        *,
-        stream: bool,
-        prompt_estimate: int,
-    ) -> AsyncIterator[GenerationEvent]: ...
-
-    async def check(self) -> bool:
-        """Active health check: whether the upstream answers (an open breaker may then
-        let a probe through before its cooldown ends)."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
 @dataclass
 class Deployment:
     name: str
     routing: Routing
     breaker: CircuitBreaker
-    local: LocalModel | None = None
-    remote: RemoteEngine | None = None
+    engine: Engine
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
@@ -57,15 +30,8 @@ class Deployment:
     not_before: float = 0.0
 
     @property
-    def engine(self) -> str:
-        return str(getattr(self.routing, "engine", "?"))
-
-    @property
     def version(self) -> str:
-        if self.local is not None:
-            return self.local.version
-        assert self.remote is not None
-        return f"{self.remote.spec.engine}:{self.remote.spec.model}"
+        return self.engine.version
 
     @property
     def context_size(self) -> int | None:
@@ -81,7 +47,7 @@ class Deployment:
     def timeout_s(self) -> float | None:
         """An attempt's longest wait for its first token (remote deployments; a local
         one's wait is bounded by its queue and the alias deadline)."""
-        return self.remote.spec.timeout_s if self.remote is not None else None
+        return self.engine.timeout_s
 
     def ready(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -103,7 +69,7 @@ class Deployment:
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
-            "engine": self.engine,
+            "engine": self.engine.kind,
             "model_version": self.version,
             "tags": list(self.routing.tags),
             "region": self.routing.region,
@@ -150,9 +116,10 @@ class Alias:
         return self.complexity_tokens is not None or self.classifier is not None
 
     @property
-    def local_llm(self) -> LocalModel | None:
-        """The first local deployment (its tokenizer counts prompts for admission)."""
-        return next((d.local for d in self.deployments if d.local is not None), None)
+    def counter(self) -> Engine | None:
+        """The first deployment's engine that counts prompt tokens exactly (a local
+        tokenizer): it counts them for admission."""
+        return next((d.engine for d in self.deployments if d.engine.counts), None)
 
 
 def alias_from_spec(

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from inferplane.errors import (
@@ -49,27 +49,26 @@ class Router:
         return [(a, d) for a in self.aliases.values() for d in a.deployments]
 
     async def aclose(self) -> None:
-        """Stop the health checks; close the remote deployments' connection pools."""
+        """Stop the health checks; close the deployments' engines (connection pools)."""
         if self._checks is not None:
             self._checks.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checks
         for _, dep in self.deployments():
-            if dep.remote is not None:
-                await dep.remote.aclose()
+            await dep.engine.aclose()
 
     def start_health_checks(self, interval_s: float) -> None:
-        """Active health checks: every `interval_s`, each remote deployment whose breaker
-        is open is asked for its model list; an answer lets the next request probe it at
-        once instead of after the rest of the cooldown."""
+        """Active health checks: every `interval_s`, each deployment whose breaker is open
+        is checked (a remote one asked for its model list, a local one whether its worker
+        is up again); a yes lets the next request probe it at once instead of after the
+        rest of the cooldown."""
         self._checks = asyncio.create_task(self._check_loop(interval_s))
 
     async def _check_loop(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
             for _, dep in self.deployments():
-                remote = dep.remote
-                if remote is not None and dep.breaker.state == OPEN and await remote.check():
+                if dep.breaker.state == OPEN and await dep.engine.check():
                     dep.breaker.half_open_now()
 
     def plan(self, alias: Alias, req: RouteRequest) -> list[tuple[Alias, Deployment]]:
@@ -115,7 +114,7 @@ async def attempts(
     state: Attempts,
     *,
     on_attempt: OnAttempt = lambda a, d, outcome: None,
-) -> AsyncIterator[GenerationEvent]:
+) -> AsyncGenerator[GenerationEvent, None]:
     """Run the plan until one attempt delivers; yields that attempt's events.
 
     The retry policy, in rounds over the plan (`_Attempt` does each attempt's bookkeeping):

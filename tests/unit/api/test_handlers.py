@@ -29,7 +29,7 @@ def client() -> TestClient:
 
     @app.post("/echo")
     async def echo(request: Request) -> dict[str, int]:
-        request.state.model_version = "sha256:abc"
+        request.state.outcome.served_by("local/m", "sha256:abc")
         return {"size": len(await request.body())}
 
     return TestClient(app, raise_server_exceptions=False)
@@ -63,6 +63,7 @@ def test_body_limit_with_and_without_content_length(client: TestClient) -> None:
 def test_headers_on_every_response(client: TestClient) -> None:
     ok = client.post("/echo", content=b"{}")
     assert ok.headers["x-inferplane-model-version"] == "sha256:abc"
+    assert ok.headers["x-inferplane-deployment"] == "local/m"
     assert ok.headers["x-request-id"].startswith("req_")
     missing = client.get("/nowhere", headers={"x-request-id": "abc"})
     assert missing.status_code == 404

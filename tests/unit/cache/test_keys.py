@@ -40,7 +40,7 @@ REQUEST = {
 
 
 def _key(cache: ResponseCache, principal: Principal, **changes: Any) -> str | None:
-    lookup = cache.plan(
+    lookup = cache.lookup(
         principal, "m", None, {**REQUEST, **changes}, frozenset({"v"}), Directives()
     )
     return lookup.key if lookup else None

@@ -22,6 +22,7 @@ from tests.unit.routing.test_attempts import (
     Clock,
     FailAfter,
     FailBefore,
+    FakeEngine,
     Hang,
     Outcome,
     Serve,
@@ -44,9 +45,9 @@ class Ending:
 
 
 def _run(owner: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
-    assert dep.remote is not None
+    assert isinstance(dep.engine, FakeEngine)
     messages = [{"role": "user", "content": "hi"}]
-    return dep.remote.generate(
+    return dep.engine.request(
         "chat.completions", {"messages": messages}, {}, stream=True, prompt_estimate=3
     )
 

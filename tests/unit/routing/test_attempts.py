@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from inferplane.config.routes import RemoteDeployment
+from inferplane.engines.remote.base import RemoteEngine
 from inferplane.errors import (
     InferplaneError,
     Unavailable,
@@ -63,8 +64,8 @@ def _err(reason: str, retry_after: float | None = None) -> UpstreamError:
     return UpstreamError(f"upstream said {reason}", reason=reason, retry_after=retry_after)
 
 
-class FakeEngine:
-    """A RemoteEngine whose calls follow a script, one outcome per call."""
+class FakeEngine(RemoteEngine):
+    """A remote engine whose calls follow a script, one outcome per call."""
 
     def __init__(self, name: str, outcomes: list[Outcome], **spec: Any):
         self.spec = RemoteDeployment.model_validate(
@@ -77,10 +78,10 @@ class FakeEngine:
             }
         )
         self.script = list(outcomes)
-        self.calls: list[float] = []  # time.monotonic() of each generate()
+        self.calls: list[float] = []  # time.monotonic() of each request()
         self.closed = 0  # streams that ran their cleanup
 
-    def generate(
+    def request(
         self,
         endpoint: str,
         prompt_input: dict[str, Any],
@@ -128,12 +129,12 @@ def _dep(
 ) -> Deployment:
     engine = FakeEngine(name, list(outcomes), **spec)
     breaker = CircuitBreaker(failures, cooldown_s, clock=clock, on_change=on_change)
-    return Deployment(name, engine.spec, breaker, remote=engine)
+    return Deployment(name, engine.spec, breaker, engine)
 
 
 def _engine(dep: Deployment) -> FakeEngine:
-    assert isinstance(dep.remote, FakeEngine)
-    return dep.remote
+    assert isinstance(dep.engine, FakeEngine)
+    return dep.engine
 
 
 def _alias(*deps: Deployment, **knobs: Any) -> Alias:
@@ -169,9 +170,9 @@ def _request(
 
     def run(owner: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
         res.runs.append((owner.id, dep.name))
-        assert dep.remote is not None
+        assert isinstance(dep.engine, RemoteEngine)
         messages = [{"role": "user", "content": "hi"}]
-        return dep.remote.generate(
+        return dep.engine.request(
             "chat.completions", {"messages": messages}, {}, stream=True, prompt_estimate=3
         )
 

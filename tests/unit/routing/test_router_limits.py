@@ -72,15 +72,13 @@ def _deployment(name: str, port: int) -> Deployment:
         max_response_bytes=64 * 1024,
     )
     # One failure would open the breaker.
-    return Deployment(
-        name, spec, CircuitBreaker(1, 60.0), remote=OpenAICompatibleEngine(spec, None)
-    )
+    return Deployment(name, spec, CircuitBreaker(1, 60.0), OpenAICompatibleEngine(spec, None))
 
 
 def _run(alias: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
-    assert dep.remote is not None
+    assert isinstance(dep.engine, OpenAICompatibleEngine)
     messages = [{"role": "user", "content": "hi"}]
-    return dep.remote.generate(
+    return dep.engine.request(
         "chat.completions", {"messages": messages}, {}, stream=False, prompt_estimate=1
     )
 
@@ -113,5 +111,4 @@ async def _answers_too_large_leave_the_breaker_closed() -> None:
         assert state.count == 1 and info.value.code == "upstream_response_too_large"
         assert big.breaker.state == CLOSED and big.breaker.allow()
         for dep in (big, small):
-            assert dep.remote is not None
-            await dep.remote.aclose()
+            await dep.engine.aclose()

@@ -4,7 +4,7 @@ import random
 from collections import Counter
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.remote.openai_compatible import retry_after_seconds
+from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine, retry_after_seconds
 from inferplane.limits.pricing import Price
 from inferplane.routing.breaker import CircuitBreaker
 from inferplane.routing.deployments import Deployment
@@ -26,7 +26,7 @@ def _dep(name: str, **routing: object) -> Deployment:
             **routing,
         }
     )
-    return Deployment(name, spec, CircuitBreaker(3, 1.0))
+    return Deployment(name, spec, CircuitBreaker(3, 1.0), OpenAICompatibleEngine(spec, None))
 
 
 def test_weighted_order_picks_the_first_in_proportion_to_weight() -> None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from inferplane.api.services import services
 from inferplane.engines.local.model import LocalModel
 from inferplane.errors import InvalidRequest
+from inferplane.pipeline.context import Outcome
 from inferplane.telemetry.ids import unique_id
 
 
@@ -85,9 +86,9 @@ class SamplingRequest(_Request):
 
 def mark_served(request: Request, model: LocalModel) -> None:
     """Record what serves this request: metrics labels and the response's headers."""
-    request.state.model = model.id
-    request.state.model_version = model.version
-    request.state.deployment = model.deployment
+    outcome: Outcome = request.state.outcome
+    outcome.model = model.id
+    outcome.served_by(model.deployment, model.version)
 
 
 def queue_deadline(request: Request) -> float:

@@ -17,6 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from inferplane.api.openai.common import queue_deadline, usage
 from inferplane.api.services import services
 from inferplane.cache.responses import Directives
+from inferplane.engines.interface import GenerationInput
 from inferplane.errors import ClientGone, InferplaneError, InvalidRequest
 from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 from inferplane.pipeline.context import RequestContext
@@ -76,20 +77,20 @@ async def _first_event(
 ) -> tuple[AsyncIterator[GenerationEvent], Started, str]:
     svc = services(request)
     policy = svc.policy
-    alias = svc.inference.route(principal, body.model)
-    request.state.model = alias.id
+    alias = svc.inference.catalogue.alias(principal, body.model)
     ctx = RequestContext(
         request.state.request_id,
         principal,
         endpoint,
         user=body.user,
         deadline=queue_deadline(request),
+        outcome=request.state.outcome,
     )
+    ctx.outcome.model = alias.id
     events = svc.inference.generate(
         ctx,
         alias,
-        body.prompt_input(),
-        body.size_hint(),
+        GenerationInput(endpoint, body.prompt_input(), body.size_hint()),
         body.sampling(),
         stream=body.stream,
         directives=Directives.parse(request.headers.get("cache-control")),
@@ -98,23 +99,9 @@ async def _first_event(
             region=policy.region(_header(request, _REGION), param=_REGION),
         ),
     )
-    try:
-        first = await anext(events)
-    finally:
-        request.state.ratelimit_headers = ctx.ratelimit_headers
-        request.state.attempts = ctx.attempts
-        request.state.deployment = ctx.deployment or "none"
-        request.state.model_version = ctx.model_version or "none"
-        if ctx.dropped_turns:
-            request.state.dropped_turns = ctx.dropped_turns
-        if ctx.cache is not None:
-            request.state.cache = ctx.cache
-            if ctx.cache_age is not None:
-                request.state.cache_age = ctx.cache_age
-            if ctx.cache_score is not None:
-                request.state.cache_score = ctx.cache_score
+    first = await anext(events)
     assert isinstance(first, Started)
-    return events, first, ctx.model_version or "none"
+    return events, first, ctx.outcome.model_version or "none"
 
 
 _DATA_CLASS, _REGION = "x-inferplane-data-class", "x-inferplane-region"

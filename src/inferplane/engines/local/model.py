@@ -1,32 +1,49 @@
-"""A locally served model: its spec, verified weights, tokenizer and worker process."""
+"""Locally served models as engines: a GGUF LLM on llama.cpp, an embedding model on
+sentence-transformers. Each has its spec, verified weights, its worker process, the fair
+queue in front of it and the gateway-side tokenizer that counts and checks requests
+before they are queued."""
 
 from __future__ import annotations
 
-import base64
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from inferplane.config import ModelSpec
+from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Prepared, unsupported
 from inferplane.engines.local.assets import ModelAsset
 from inferplane.engines.local.fair_queue import FairQueue
-from inferplane.engines.local.prompts import EmbeddingTokens, LlamaPrompts
+from inferplane.engines.local.prompts import EmbeddingTokens, LlamaPrompts, PreparedPrompt
 from inferplane.engines.local.supervisor import ManagedWorker
+from inferplane.engines.local.wire import EmbedOp, GenerateOp, Vectors, generation_event, vectors
+from inferplane.errors import InferplaneError
+from inferplane.events import Embeddings, GenerationEvent
 from inferplane.telemetry.metrics import Metrics
+
+# Prompts longer than this are tokenized on a thread, off the event loop.
+_INLINE_TOKENIZE_BYTES = 16_384
 
 
 @dataclass
 class LocalModel:
+    """What every local model has; `LocalLLM` and `LocalEmbedder` are the engines."""
+
     spec: ModelSpec
     asset: ModelAsset
     worker: ManagedWorker
     queue: FairQueue
-    prompts: LlamaPrompts | None = None  # LLMs
-    embedding_tokens: EmbeddingTokens | None = None  # embedding models
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    @property
+    def kind(self) -> str:
+        return self.spec.engine
 
     @property
     def version(self) -> str:
@@ -34,25 +51,129 @@ class LocalModel:
 
     @property
     def deployment(self) -> str:
-        """Where the model is served: a local worker (remote deployments come later)."""
+        """The name of the deployment serving a model named directly."""
         return f"local/{self.spec.id}"
 
     @property
-    def kind(self) -> str:
-        return "llm" if self.spec.engine == "llamacpp" else "embedding"
+    def is_llm(self) -> bool:
+        return self.spec.engine == "llamacpp"
+
+    @property
+    def counts(self) -> bool:
+        return True  # its own tokenizer counts every request
+
+    @property
+    def timeout_s(self) -> float | None:
+        return None  # its queue and the request's deadline bound the wait
+
+    async def prepare(self, request: GenerationInput) -> Prepared:
+        raise unsupported(self.id, "llm")
+
+    def generate(
+        self,
+        prepared: Prepared,
+        sampling: dict[str, Any],
+        *,
+        endpoint: str,
+        stream: bool,
+        caller: Caller,
+        dispatched: Dispatched,
+    ) -> AsyncIterator[GenerationEvent]:
+        raise unsupported(self.id, "llm")
+
+    async def count(self, inputs: list[str]) -> list[int]:
+        raise unsupported(self.id, "embedding")
+
+    async def embed(
+        self, inputs: list[str], tokens: list[int], caller: Caller, dispatched: Dispatched
+    ) -> Embeddings:
+        raise unsupported(self.id, "embedding")
+
+    async def check(self) -> bool:
+        return self.worker.ready  # the supervisor pings and restarts it
+
+    async def aclose(self) -> None:
+        """Nothing: the supervisor owns the worker process."""
+
+    def _slot(self, caller: Caller, cost: int) -> AbstractAsyncContextManager[None]:
+        """The request's turn at the model: by priority class, fair share and deadline."""
+        return self.queue.slot(
+            caller.share, cost, weight=caller.weight, batch=caller.batch, deadline=caller.deadline
+        )
+
+
+@dataclass
+class LocalLLM(LocalModel):
+    prompts: LlamaPrompts | None = None
+
+    async def prepare(self, request: GenerationInput) -> Prepared:
+        """Template + tokenize + context check, with the model's own tokenizer."""
+        assert self.prompts is not None
+        # Truncation tokenizes the chat again per step of its search: a thread sooner.
+        inline = _INLINE_TOKENIZE_BYTES // (8 if self.spec.context_policy == "truncate" else 1)
+        if request.size_hint <= inline:
+            prompt = self.prompts.prepare(**request.prompt, cap=request.cap)
+        else:
+            prompt = await asyncio.to_thread(
+                self.prompts.prepare, **request.prompt, cap=request.cap
+            )
+        return Prepared(len(prompt.tokens), prompt.max_tokens, prompt, prompt.dropped_turns)
+
+    async def generate(
+        self,
+        prepared: Prepared,
+        sampling: dict[str, Any],
+        *,
+        endpoint: str,
+        stream: bool,
+        caller: Caller,
+        dispatched: Dispatched,
+    ) -> AsyncIterator[GenerationEvent]:
+        prompt: PreparedPrompt = prepared.payload
+        op = GenerateOp(
+            prompt.tokens, prompt.max_tokens, prompt.stop, prompt.lstrip, sampling, caller.scope
+        )
+        async with self._slot(caller, len(prompt.tokens) + prompt.max_tokens):
+            dispatched(len(prompt.tokens))
+            client = await self.worker.client()
+            async for msg in client.stream(op.wire()):
+                event = generation_event(msg)
+                if event is not None:
+                    yield event
+
+
+@dataclass
+class LocalEmbedder(LocalModel):
+    tokens: EmbeddingTokens | None = None
+
+    async def count(self, inputs: list[str]) -> list[int]:
+        assert self.tokens is not None
+        if sum(map(len, inputs)) <= _INLINE_TOKENIZE_BYTES:
+            return self.tokens.count(inputs)
+        return await asyncio.to_thread(self.tokens.count, inputs)
+
+    async def embed(
+        self, inputs: list[str], tokens: list[int], caller: Caller, dispatched: Dispatched
+    ) -> Embeddings:
+        async with self._slot(caller, sum(tokens)):
+            dispatched(sum(tokens))
+            got = await self._vectors(inputs)
+        return Embeddings(got.data, got.dim, tokens)
 
     async def vectors(self, texts: list[str]) -> np.ndarray:
-        """An embedding model's vectors for the gateway's own use (the semantic cache,
-        the complexity classifier): straight to the worker, neither queued behind
-        callers nor billed. float32, one row per text."""
+        """Vectors for the gateway's own use (the semantic cache, the complexity
+        classifier): straight to the worker, neither queued behind callers nor billed.
+        float32, one row per text."""
+        got = await self._vectors(texts)
+        return np.frombuffer(got.data, dtype=np.float32).reshape(len(texts), got.dim)
+
+    async def _vectors(self, texts: list[str]) -> Vectors:
         client = await self.worker.client()
-        async for msg in client.stream({"op": "embed", "input": texts}):
-            if msg["event"] == "embeddings":
-                data = np.frombuffer(base64.b64decode(msg["data"]), dtype=np.float32)
-                return data.reshape(len(texts), int(msg["dim"]))
-            if msg["event"] == "error":
-                raise RuntimeError(f"internal embedding by '{self.id}' failed")
-        raise RuntimeError(f"the embedding worker of '{self.id}' ended without a result")
+        async for msg in client.stream(EmbedOp(texts).wire()):
+            got = vectors(msg)
+            if got is not None:
+                return got
+        raise InferplaneError("The worker ended the request without a result.")
 
 
 def load_local_model(
@@ -71,7 +192,7 @@ def load_local_model(
             on_depth=depth,
             on_wait=wait,
         )
-        return LocalModel(spec, asset, worker, queue, prompts=LlamaPrompts(spec, asset.path))
+        return LocalLLM(spec, asset, worker, queue, prompts=LlamaPrompts(spec, asset.path))
     queue = FairQueue(
         spec.id,
         capacity=spec.max_batch_size,
@@ -79,4 +200,10 @@ def load_local_model(
         on_depth=depth,
         on_wait=wait,
     )
-    return LocalModel(spec, asset, worker, queue, embedding_tokens=EmbeddingTokens(asset.path))
+    return LocalEmbedder(spec, asset, worker, queue, tokens=EmbeddingTokens(asset.path))
+
+
+def as_embedder(model: LocalModel) -> LocalEmbedder:
+    """The model as an embedding model (the settings checked that it is one)."""
+    assert isinstance(model, LocalEmbedder), f"{model.id} is not an embedding model"
+    return model

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
+from inferplane.engines.remote.base import RemoteEngine
 from inferplane.engines.remote.openai_compatible import parse_json, status_error
 from inferplane.engines.remote.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
@@ -36,7 +37,7 @@ _FINISH = {
 }
 
 
-class AnthropicEngine:
+class AnthropicEngine(RemoteEngine):
     def __init__(
         self,
         spec: RemoteDeployment,
@@ -60,7 +61,7 @@ class AnthropicEngine:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def generate(
+    async def request(
         self,
         endpoint: str,
         prompt_input: dict[str, Any],

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from inferplane.config.routes import RemoteDeployment
+from inferplane.engines.remote.base import RemoteEngine
 from inferplane.engines.remote.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
 from inferplane.events import (
@@ -29,7 +30,7 @@ from inferplane.events import (
 _PATHS = {"chat.completions": "chat/completions", "completions": "completions"}
 
 
-class OpenAICompatibleEngine:
+class OpenAICompatibleEngine(RemoteEngine):
     def __init__(self, spec: RemoteDeployment, api_key: str | None, egress: Egress = ANY_EGRESS):
         self.spec = spec
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -42,7 +43,7 @@ class OpenAICompatibleEngine:
         """Active health check: the upstream answers its model list."""
         return await self._http.get_ok("models", self.spec.connect_timeout_s)
 
-    async def generate(
+    async def request(
         self,
         endpoint: str,
         prompt_input: dict[str, Any],

@@ -73,7 +73,7 @@ async def _texts_in_hand_together() -> None:
         )
         engine = OpenAICompatibleEngine(spec, None)
         got: list[GenerationEvent] = []
-        stream = engine.generate(
+        stream = engine.request(
             "chat.completions", {"messages": []}, {}, stream=True, prompt_estimate=1
         )
         async for event in stream:

@@ -24,7 +24,7 @@ router = APIRouter()
 async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResponse:
     body = await parse_body(request, EmbeddingRequest)
     svc = services(request)
-    model = svc.inference.resolve(principal, body.model, "embedding")
+    model = svc.inference.catalogue.embedder(principal, body.model)
     mark_served(request, model)
     dim = int(model.worker.info.get("dimensions") or 0)
     if body.dimensions is not None and body.dimensions != dim:
@@ -38,11 +38,9 @@ async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResp
         "embeddings",
         user=body.user,
         deadline=queue_deadline(request),
+        outcome=request.state.outcome,
     )
-    try:
-        result = await svc.inference.embed(ctx, model, body.inputs)
-    finally:
-        request.state.ratelimit_headers = ctx.ratelimit_headers
+    result = await svc.inference.embed(ctx, model, body.inputs)
     tokens = sum(result.tokens)
     # Returned as a ready response: FastAPI's generic encoder walks every float in Python.
     return FastJSONResponse(

@@ -45,14 +45,14 @@ async def list_models(request: Request, principal: AnyKey) -> dict[str, Any]:
     created = svc.started_at
     return {
         "object": "list",
-        "data": [_card(m, created) for m in svc.inference.visible_models(principal)],
+        "data": [_card(m, created) for m in svc.inference.catalogue.visible(principal)],
     }
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request, principal: AnyKey) -> dict[str, Any]:
     svc = services(request)
-    visible = {m.id: m for m in svc.inference.visible_models(principal)}
+    visible = {m.id: m for m in svc.inference.catalogue.visible(principal)}
     model = visible.get(model_id)
     if model is None:
         raise ModelNotFound(model_id)  # a model the key may not use is not revealed

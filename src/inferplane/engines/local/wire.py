@@ -1,0 +1,92 @@
+"""The worker protocol as the gateway speaks it: typed requests out, typed events in.
+
+Every message a worker sends about a request is decoded here, once (the wire format is
+in `engines/worker/protocol.py`): a generation's messages become the pipeline's events,
+an embedding's its vectors, an error the exception the caller will see.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from inferplane.engines.worker.protocol import Message
+from inferplane.errors import ContextLengthExceeded, InferplaneError, InvalidRequest
+from inferplane.events import Finished, GenerationEvent, Started, TextDelta
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateOp:
+    tokens: list[int]
+    max_tokens: int
+    stop: list[str]
+    lstrip: bool  # drop the reply's leading whitespace (chat)
+    sampling: dict[str, Any]  # temperature, top_p, seed, presence/frequency penalties
+    scope: str  # who may reuse the prompt's cached prefix
+
+    def wire(self) -> Message:
+        return {
+            "op": "generate",
+            "tokens": self.tokens,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+            "lstrip": self.lstrip,
+            **self.sampling,
+            "scope": self.scope,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedOp:
+    input: list[str]
+
+    def wire(self) -> Message:
+        return {"op": "embed", "input": self.input}
+
+
+@dataclass(frozen=True, slots=True)
+class Vectors:
+    """An embedding request's result: float32 rows, `dim` wide."""
+
+    data: bytes
+    dim: int
+
+
+def generation_event(msg: Message) -> GenerationEvent | None:
+    """A generation's message as its event (None: nothing for the caller); a worker's
+    error raises what the caller is told."""
+    event = msg["event"]
+    if event == "token":
+        return TextDelta(msg["text"], int(msg.get("n", 0)))
+    if event == "start":
+        return Started(int(msg["prompt_tokens"]))
+    if event == "done":
+        prompt, completion = int(msg["prompt_tokens"]), int(msg["completion_tokens"])
+        return Finished(msg["finish_reason"], prompt, completion)
+    if event == "error":
+        raise worker_error(msg)
+    return None
+
+
+def vectors(msg: Message) -> Vectors | None:
+    """An embedding's result message as its vectors (None: not the result yet)."""
+    if msg["event"] == "error":
+        raise worker_error(msg)
+    if msg["event"] == "embeddings":
+        return Vectors(base64.b64decode(msg["data"]), int(msg["dim"]))
+    return None
+
+
+def worker_error(msg: Message) -> InferplaneError:
+    kind = msg.get("kind")
+    if kind == "context_length":
+        return ContextLengthExceeded(
+            prompt_tokens=int(msg["prompt_tokens"]),
+            context_size=int(msg["context_size"]),
+            param=str(msg.get("param") or "messages"),
+        )
+    if kind == "invalid":
+        return InvalidRequest(str(msg.get("message")), param=msg.get("param"))
+    # The worker's own message may hold internals; the client gets a generic one.
+    return InferplaneError("The model failed while serving this request.", code="engine_error")
