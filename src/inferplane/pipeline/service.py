@@ -18,7 +18,7 @@ calls `InferenceService`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -97,7 +97,7 @@ class InferenceService:
         request = GenerationInput(
             request.endpoint, request.prompt, request.size_hint, token_cap(scopes)
         )
-        asked = request.capped()  # over the key's cap: refused before it is counted
+        request.capped()  # over the key's cap: refused before it is counted
         # Counted as a request before a tokenizer or a stage works on it; its tokens
         # once counted. A byte estimate needs no work: one step (pipeline/admission.py).
         two_steps = alias.counter is not None or bool(self._inputs)
@@ -114,16 +114,24 @@ class InferenceService:
             if admission is not None:
                 admission.settle(0, 0)  # it stays counted as a request, holding nothing
             raise
-        lookup = self._cache.lookup(ctx, alias, {**asked, **sampling}, plan.versions, directives)
-        if lookup is not None and (hit := await self._cache.hit(ctx, lookup)) is not None:
-            async for event in self._cache.replay(ctx, alias.id, admission, lookup, hit):
+        key = {**request.capped(), **sampling}
+        lookup = self._cache.lookup(ctx, alias, key, plan.versions, directives)
+        hit = await self._cache.hit(ctx, lookup) if lookup is not None else None
+        if lookup is not None and hit is not None:
+            answer = self._cache.replay(ctx, alias.id, admission, lookup, hit)
+        else:
+            await self._planner.by_complexity(alias, plan)
+            recorder = self._cache.recorder(lookup)
+            answer = self._invoke(ctx, alias, plan, admission, sampling, stream, recorder)
+        events = run_outputs(self._outputs, ctx, answer)
+        try:
+            async for event in events:
                 yield event
-            return
-        await self._planner.by_complexity(alias, plan)
-        recorder = self._cache.recorder(lookup)
-        events = self._invoke(ctx, alias, plan, admission, sampling, stream, recorder)
-        async for event in run_outputs(self._outputs, ctx, events):
-            yield event
+        finally:
+            # Closed at once when the caller stops reading: the request is settled and
+            # recorded before its response ends, not when the collector gets to it.
+            await events.aclose()
+            await answer.aclose()
 
     async def _invoke(
         self,
@@ -134,7 +142,7 @@ class InferenceService:
         sampling: dict[str, Any],
         stream: bool,
         recorder: Recorder | None,
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         """Routing's attempts over the plan, metered: tokens timed and counted, the
         answer kept for the cache, the request charged and recorded however it ends."""
         tally, state, out = Tally(), Attempts(), ctx.outcome
@@ -157,7 +165,7 @@ class InferenceService:
 
         routed = attempts(alias, plan.deployments, run, state, on_attempt=self._on_attempt)
         # Closed as soon as the caller stops reading: the attempt's bookkeeping (breaker,
-        # in-flight count) settles then, not when the collector gets to it.
+        # in-flight count) settles then.
         with self._meter.accounted(ctx, alias.id, admission, tally):
             try:
                 async with aclosing(routed):

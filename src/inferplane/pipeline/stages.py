@@ -15,7 +15,7 @@ Stages are configured in order, and each is given the request's context, whose
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from inferplane.engines.interface import GenerationInput
@@ -35,9 +35,10 @@ class OutputStage(Protocol):
     name: str
 
     def watch(
-        self, ctx: RequestContext, events: AsyncIterator[GenerationEvent]
-    ) -> AsyncIterator[GenerationEvent]:
-        """The events to pass on to the caller."""
+        self, ctx: RequestContext, events: AsyncGenerator[GenerationEvent, None]
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """The events to pass on to the caller (the pipeline closes `events` itself when
+        the caller stops reading)."""
         ...
 
 
@@ -52,8 +53,8 @@ async def run_inputs(
 def run_outputs(
     stages: tuple[OutputStage, ...],
     ctx: RequestContext,
-    events: AsyncIterator[GenerationEvent],
-) -> AsyncIterator[GenerationEvent]:
+    events: AsyncGenerator[GenerationEvent, None],
+) -> AsyncGenerator[GenerationEvent, None]:
     for stage in stages:
         events = stage.watch(ctx, events)
     return events
