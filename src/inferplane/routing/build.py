@@ -167,6 +167,19 @@ class RouteTable:
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
 
+    async def aclose(self) -> None:
+        """Wait until every replaced deployment has finished its requests and closed,
+        then stop the router. Cancelled (the caller's grace has run out), it cancels the
+        drains still waiting and stops the router all the same."""
+        try:
+            while self._draining:  # a change applied meanwhile may retire more
+                for outcome in await asyncio.gather(*self._draining, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        log.error("closing a replaced deployment failed: %r", outcome)
+        finally:
+            # A cancelled gather has cancelled the drains it waited for.
+            await self.router.aclose()
+
     def runtime(self) -> set[str]:
         """Names of the deployments added at run time."""
         return set(self._runtime)
