@@ -20,6 +20,7 @@ import pytest
 from inferplane.config import Settings
 from inferplane.config.routes import RemoteDeployment
 from inferplane.config.settings import ServerSettings
+from inferplane.engines.remote.base import RemoteEngine
 from inferplane.events import Finished, GenerationEvent
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.router import Attempts, attempts
@@ -123,9 +124,9 @@ async def _ask(runtime: Runtime) -> list[GenerationEvent]:
     assert alias is not None
 
     def run(_owner: Alias, dep: Deployment) -> Any:
-        assert dep.remote is not None
+        assert isinstance(dep.engine, RemoteEngine)
         messages = [{"role": "user", "content": "Hello"}]
-        return dep.remote.generate(
+        return dep.engine.request(
             "chat.completions", {"messages": messages}, {}, stream=False, prompt_estimate=3
         )
 
