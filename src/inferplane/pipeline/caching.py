@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from inferplane.cache.responses import Answer, Directives, Hit, Lookup, ResponseCache
@@ -54,7 +54,7 @@ class CacheStage:
 
     async def replay(
         self, ctx: RequestContext, model: str, admission: Admission, lookup: Lookup, hit: Hit
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         """A cached answer, as the events of a generation (a stream replays as SSE)."""
         assert self.cache is not None
         answer, out = hit.answer, ctx.outcome

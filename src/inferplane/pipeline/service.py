@@ -1,9 +1,9 @@
 """The request path, as a list of stages run in order (one module each):
 
   admit (the request) -> input stages -> count and route (`planning`) -> admit (its
-  tokens) (`admission`) -> cache lookup (`caching`) -> complexity -> invoke (routing's
-  attempt loop over the deployments' engines) with the output stages -> cache store ->
-  meter (`metering`).
+  tokens) (`admission`) -> cache lookup (`caching`; a hit is replayed through the
+  output stages) -> complexity -> invoke (routing's attempt loop over the deployments'
+  engines) with the output stages -> cache store -> meter (`metering`).
 
 Admission counts the request before the gateway works for it: with a local tokenizer,
 the request (RPM, concurrency) before the prompt is templated and tokenized, its tokens
@@ -18,7 +18,7 @@ calls `InferenceService`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -97,13 +97,16 @@ class InferenceService:
         request = GenerationInput(
             request.endpoint, request.prompt, request.size_hint, token_cap(scopes)
         )
-        asked = request.capped()  # over the key's cap: refused before it is counted
+        request.capped()  # over the key's cap: refused before it is counted
         # Counted as a request before a tokenizer or a stage works on it; its tokens
         # once counted. A byte estimate needs no work: one step (pipeline/admission.py).
         two_steps = alias.counter is not None or bool(self._inputs)
         admission = await self._admitter.enter(ctx, alias.id, scopes) if two_steps else None
         try:
             request = await run_inputs(self._inputs, ctx, request)
+            # What the cache keys: the request as the input stages left it (grounded on
+            # other documents, it is another request).
+            asked = request.capped()
             plan = await self._planner.plan(ctx, alias, request, route)
             n_prompt, n_out = plan.prompt_tokens, plan.max_tokens
             if admission is None:
@@ -115,15 +118,22 @@ class InferenceService:
                 admission.settle(0, 0)  # it stays counted as a request, holding nothing
             raise
         lookup = self._cache.lookup(ctx, alias, {**asked, **sampling}, plan.versions, directives)
+        # The metered generators are closed as soon as the caller stops reading (not when
+        # the garbage collector finalizes them): their closing settles the admission and
+        # writes the ledger record, before the response ends. A replayed answer (the
+        # model's own, as stored) goes through the output stages as a generated one does.
         if lookup is not None and (hit := await self._cache.hit(ctx, lookup)) is not None:
-            async for event in self._cache.replay(ctx, alias.id, admission, lookup, hit):
-                yield event
+            replayed = self._cache.replay(ctx, alias.id, admission, lookup, hit)
+            async with aclosing(replayed):
+                async for event in run_outputs(self._outputs, ctx, replayed):
+                    yield event
             return
         await self._planner.by_complexity(alias, plan)
         recorder = self._cache.recorder(lookup)
-        events = self._invoke(ctx, alias, plan, admission, sampling, stream, recorder)
-        async for event in run_outputs(self._outputs, ctx, events):
-            yield event
+        invoked = self._invoke(ctx, alias, plan, admission, sampling, stream, recorder)
+        async with aclosing(invoked):
+            async for event in run_outputs(self._outputs, ctx, invoked):
+                yield event
 
     async def _invoke(
         self,
@@ -134,7 +144,7 @@ class InferenceService:
         sampling: dict[str, Any],
         stream: bool,
         recorder: Recorder | None,
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> AsyncGenerator[GenerationEvent, None]:
         """Routing's attempts over the plan, metered: tokens timed and counted, the
         answer kept for the cache, the request charged and recorded however it ends."""
         tally, state, out = Tally(), Attempts(), ctx.outcome
