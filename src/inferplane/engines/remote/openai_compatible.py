@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -64,51 +65,72 @@ class OpenAICompatibleEngine(RemoteEngine):
                 yield event
             return
         body["stream_options"] = {"include_usage": True}
+        # The stream is opened here, not in a helper generator: closing this generator
+        # (a caller gone) then closes the upstream connection at once.
         async with self._http.stream(_PATHS[endpoint], body) as (status, headers, batches):
             if status != 200:
                 raise status_error(status, headers, await read_all(batches))
             yield Started(prompt_estimate)
-            pieces, finish, usage, done = 0, None, None, False
+            seen = _Stream(chat)
             async for batch in batches:
-                texts: list[GenerationEvent] = []  # all parsed before any is passed on
-                failure: UpstreamError | None = None
-                for line in batch:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    chunk = parse_json(data)
-                    if "error" in chunk:
-                        failure = UpstreamError(
-                            f"The upstream failed mid-stream: {_message(chunk)}", reason="stream"
-                        )
-                        break
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        text = delta.get("content") if chat else choice.get("text")
-                        if text:
-                            pieces += 1
-                            texts.append(TextDelta(text, pieces, more=True))
-                        finish = choice.get("finish_reason") or finish
-                for event in in_hand(texts, then_more=done):  # after [DONE]: `Finished`
+                texts, failure = seen.read(batch)
+                for event in in_hand(texts, then_more=seen.done):  # after [DONE]: `Finished`
                     yield event
                 if failure is not None:
                     raise failure
-                if done:
+                if seen.done:
                     break
             else:
-                if finish is None:
+                if seen.finish is None:
                     raise UpstreamError("The upstream's stream ended early.", reason="stream")
-            if finish == "content_filter" and not pieces:
-                raise UpstreamError("The upstream refused the request.", reason="content_filter")
-            yield Finished(
-                finish or "stop",
-                int((usage or {}).get("prompt_tokens") or prompt_estimate),
-                int((usage or {}).get("completion_tokens") or pieces),
-            )
+            yield seen.finished(prompt_estimate)
+
+
+@dataclass
+class _Stream:
+    """What an upstream's SSE stream has said so far."""
+
+    chat: bool  # chat completions (texts in `delta.content`) or completions (`text`)
+    pieces: int = 0
+    finish: str | None = None
+    usage: dict[str, Any] | None = None
+    done: bool = False  # `data: [DONE]` seen
+
+    def read(self, batch: list[bytes]) -> tuple[list[GenerationEvent], UpstreamError | None]:
+        """The texts of one batch of lines, all parsed before any is passed on, and the
+        upstream's mid-stream error, if it sent one."""
+        texts: list[GenerationEvent] = []
+        for line in batch:
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self.done = True
+                break
+            chunk = parse_json(data)
+            if "error" in chunk:
+                message = f"The upstream failed mid-stream: {_message(chunk)}"
+                return texts, UpstreamError(message, reason="stream")
+            self.usage = chunk.get("usage") or self.usage
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                text = delta.get("content") if self.chat else choice.get("text")
+                if text:
+                    self.pieces += 1
+                    texts.append(TextDelta(text, self.pieces, more=True))
+                self.finish = choice.get("finish_reason") or self.finish
+        return texts, None
+
+    def finished(self, prompt_estimate: int) -> Finished:
+        """The closing event, counts from the upstream's usage where it sent them."""
+        if self.finish == "content_filter" and not self.pieces:
+            raise UpstreamError("The upstream refused the request.", reason="content_filter")
+        usage = self.usage or {}
+        return Finished(
+            self.finish or "stop",
+            int(usage.get("prompt_tokens") or prompt_estimate),
+            int(usage.get("completion_tokens") or self.pieces),
+        )
 
 
 def _whole(data: dict[str, Any], chat: bool, prompt_estimate: int) -> list[GenerationEvent]:

@@ -19,19 +19,17 @@ Each iteration of the scheduler loop:
 About twice a second while busy (and once on going idle) the engine reports what its
 steps did (`stats` events: counts, seconds, tokens, batch sizes, slots in use) for the
 gateway's metrics.
+
+Beside this module: `slots` (a running request's state, and which free slot a new one
+takes), `sampling` (a request's sampler chain), `stats` (the step figures reported).
 """
 
 from __future__ import annotations
 
-import codecs
-import itertools
 import logging
 import os
 import queue
-import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,77 +37,20 @@ import numpy as np
 
 from inferplane.config import ModelSpec
 from inferplane.engines.worker.base import EngineBase
-from inferplane.engines.worker.protocol import Channel, Message
+from inferplane.engines.worker.protocol import Channel
+from inferplane.engines.worker.sampling import sampler_chain
+from inferplane.engines.worker.slots import Slot, pick_slot
+from inferplane.engines.worker.stats import REPORT_EVERY_S, StepStats
 from inferplane.engines.worker.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Slot:
-    seq_id: int
-    request_id: int
-    prompt: list[int]
-    max_tokens: int
-    stops: StopMatcher
-    sampler: Any
-    lstrip: bool
-    scope: str  # whose prompt this is: cached prefixes are reused only within a scope
-    prefilled: int = 0  # prompt tokens already in the KV cache
-    next_token: int | None = None  # sampled, to be fed at the next step
-    generated: int = 0
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
-    )
-
-
-@dataclass
-class _Stats:
-    """What the steps did since the last report (deltas), sent as one `stats` event."""
-
-    phases: dict[str, list[float]] = field(default_factory=dict)  # phase -> [steps, s]
-    tokens: Counter[str] = field(default_factory=Counter)
-    batch_sizes: Counter[int] = field(default_factory=Counter)
-    sent: float = field(default_factory=time.monotonic)
-
-    def step(self, seconds: float, prompt_tokens: int, decoded: int, sampled: int) -> None:
-        """One step: `decoded` sequences fed their last token, `sampled` got a new one."""
-        phase = "mixed" if prompt_tokens and decoded else "decode" if decoded else "prefill"
-        entry = self.phases.setdefault(phase, [0, 0.0])
-        entry[0] += 1
-        entry[1] += seconds
-        self.tokens["prompt"] += prompt_tokens
-        self.tokens["generated"] += sampled
-        if decoded:
-            self.batch_sizes[decoded] += 1
-
-    def aborted(self, seconds: float) -> None:
-        entry = self.phases.setdefault("aborted", [0, 0.0])
-        entry[0] += 1
-        entry[1] += seconds
-
-    def report(self, slots_in_use: int) -> Message:
-        return {
-            "event": "stats",
-            "phases": self.phases,
-            "tokens": dict(self.tokens),
-            "batch_sizes": {str(k): v for k, v in self.batch_sizes.items()},
-            "slots_in_use": slots_in_use,
-        }
-
-
-_REPORT_EVERY_S = 0.5
 # A decode step may be interrupted for a newcomer until this fraction of its graph (as
 # many nodes as the last decode step's) has run; later, finishing it is cheaper.
 _PREEMPT_BEFORE = 0.8
-# Shorter shared prefixes are recomputed: cheap, and the slot stays free for a longer one.
-_MIN_REUSE = 16
-
-
-def _shared_prefix(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two prompts share."""
-    pairs = enumerate(zip(a, b, strict=False))
-    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+# What `_build_batch` put in the batch: its token count, the (slot, batch index) pairs
+# whose logits are sampled, and the prompt chunk it holds (slot, tokens), if any.
+_Built = tuple[int, list[tuple[Slot, int]], tuple[Slot, int] | None]
 
 
 class LlamaCppEngine(EngineBase):
@@ -142,14 +83,14 @@ class LlamaCppEngine(EngineBase):
         self._capacity = params.n_batch
         self._vocab = self._model.vocab
         self._n_vocab = L.llama_vocab_n_tokens(self._vocab)
-        self._slots: dict[int, _Slot] = {}
+        self._slots: dict[int, Slot] = {}
         # Prefix reuse: a free sequence slot keeps the KV cells of its last prompt, with
         # that prompt's scope; a new request takes the free slot sharing the longest
         # prefix with its own prompt, within its scope, and prefills only the rest.
         self._prefix_cache = spec.prefix_cache
         self._cached: dict[int, tuple[str, list[int]]] = {}  # free seq -> (scope, tokens)
         self._last_was_prefill = False
-        self._stats = _Stats()
+        self._stats = StepStats()
         self._reported_slots = 0
         # Preemption: a decode step may be interrupted, before most of it has run, when
         # a new request is waiting for a free slot. The new prompt is then prefilled at once
@@ -191,13 +132,13 @@ class LlamaCppEngine(EngineBase):
             self._drop_cancelled()
             if self._slots:
                 self._step()
-                if time.monotonic() - self._stats.sent >= _REPORT_EVERY_S:
+                if time.monotonic() - self._stats.sent >= REPORT_EVERY_S:
                     self._report()
 
     def _report(self) -> None:
         self._reported_slots = len(self._slots)
         self._send(self._stats.report(self._reported_slots))
-        self._stats = _Stats()
+        self._stats = StepStats()
 
     def _admit(self, *, block: bool) -> None:
         free = [i for i in range(self._parallel) if i not in self._slots]
@@ -224,84 +165,24 @@ class LlamaCppEngine(EngineBase):
                 )
                 continue
             scope = str(msg.get("scope", ""))
-            seq_id, reuse = self._pick_slot(free, scope, tokens)
+            cached = self._cached if self._prefix_cache else None
+            seq_id, reuse = pick_slot(free, self._slots, cached, scope, tokens)
             free.remove(seq_id)
             self._cached.pop(seq_id, None)
             self._L.llama_memory_seq_rm(self._ctx.memory, seq_id, reuse, -1)
-            self._slots[seq_id] = _Slot(
+            self._slots[seq_id] = Slot(
                 seq_id=seq_id,
                 request_id=rid,
                 prompt=tokens,
                 max_tokens=min(int(msg["max_tokens"]), self._n_ctx - len(tokens)),
                 stops=StopMatcher(list(msg.get("stop") or [])),
-                sampler=self._sampler(msg),
+                sampler=sampler_chain(self._L, self._n_vocab, msg),
                 lstrip=bool(msg.get("lstrip")),
                 scope=scope,
                 prefilled=reuse,
             )
             self._stats.tokens["reused"] += reuse
             self._send({"id": rid, "event": "start", "prompt_tokens": len(tokens), "slot": seq_id})
-
-    def _pick_slot(self, free: list[int], scope: str, tokens: list[int]) -> tuple[int, int]:
-        """(free sequence slot, prompt tokens already in its KV cache) for a prompt."""
-        best, best_len = None, 0
-        if self._prefix_cache:
-            for seq in sorted(free, key=self._gaps_with):
-                cached_scope, cached = self._cached.get(seq, ("", []))
-                if cached_scope != scope:
-                    continue
-                same = _shared_prefix(cached, tokens)
-                if same > best_len:
-                    best, best_len = seq, same
-        if best is None or best_len < _MIN_REUSE:
-            return min(free, key=self._gaps_with), 0
-        # At least the prompt's last token is fed again: its logits give the first token.
-        return best, min(best_len, len(tokens) - 1)
-
-    def _gaps_with(self, seq: int) -> tuple[int, int]:
-        """How fragmented the running sequence ids would be with `seq` added (then the id).
-
-        llama.cpp decodes a batch of sequences with contiguous ids in one piece, and
-        splits it where ids have gaps: 8 sequences with one gap took 67 ms a step instead
-        of 51, five with ids 0,2,4,6,8 took 99 ms instead of 50 (measured, 2-core Xeon).
-        So a new request fills a gap, or extends the run of ids in use.
-        """
-        ids = sorted([*self._slots, seq])
-        runs = 1 + sum(1 for a, b in itertools.pairwise(ids) if b != a + 1)
-        return runs, seq
-
-    def _sampler(self, msg: Message) -> Any:
-        """The request's llama.cpp sampler chain; None for plain greedy decoding, which
-        takes the argmax of the logits row itself: 0.04 ms instead of llama.cpp's 0.8 ms
-        (it builds a candidate array over the whole 262k vocabulary first), 11 % of an
-        8-sequence step. Both pick the first of equal maxima."""
-        L = self._L
-        presence = float(msg.get("presence_penalty", 0.0))
-        frequency = float(msg.get("frequency_penalty", 0.0))
-        temperature = float(msg.get("temperature", 1.0))
-        if temperature <= 0 and not (presence or frequency):
-            return None
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        if presence or frequency:
-            L.llama_sampler_chain_add(
-                chain,
-                L.llama_sampler_init_penalties(self._n_vocab, 64, 1.0, frequency, presence),
-            )
-        if temperature <= 0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-            return chain
-        seed = msg.get("seed")
-        L.llama_sampler_chain_add(
-            chain, L.llama_sampler_init_top_p(float(msg.get("top_p", 1.0)), 1)
-        )
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(temperature))
-        L.llama_sampler_chain_add(
-            chain,
-            L.llama_sampler_init_dist(
-                int(seed) & 0xFFFFFFFF if seed is not None else random.getrandbits(32)
-            ),
-        )
-        return chain
 
     def _drop_cancelled(self) -> None:
         cancelled = self._take_all_cancelled()
@@ -312,10 +193,32 @@ class LlamaCppEngine(EngineBase):
                 self._release(slot)
 
     def _step(self) -> None:
-        """Build one batch (decodes first, then prefill chunks), decode, sample."""
-        L, batch = self._L, self._batch.batch
+        """One step: build the batch, decode it (a newcomer may interrupt that), then
+        sample and emit; an interrupted step is rolled back, a failed one fails all."""
+        prefilling = any(s.prefilled < len(s.prompt) for s in self._slots.values())
+        # A new prompt gets a prefill-only step first, so its first token comes after one
+        # small step instead of a full batched one; the next step decodes everyone again,
+        # so a long prompt delays the others by at most one chunk per two steps.
+        prefill_only = prefilling and not self._last_was_prefill
+        self._last_was_prefill = prefill_only
+        n, outputs, filling = self._build_batch(prefill_only)
+        started = time.perf_counter()
+        decoding = not prefill_only and any(s.next_token is not None for s, _ in outputs)
+        code = self._decode(decoding=decoding, decode_only=filling is None)
+        if code == 2:
+            self._roll_back(n, started)
+        elif code != 0:
+            self._fail_all(code)
+        else:
+            took = time.perf_counter() - started
+            self._sample_and_emit(n, outputs, filling, prefill_only, took)
+
+    def _build_batch(self, prefill_only: bool) -> _Built:
+        """Fill the batch: the decode tokens (none in a prefill-only step) in sequence-id
+        order, then at most one prompt chunk."""
+        batch = self._batch.batch
         n = 0
-        outputs: list[tuple[_Slot, int]] = []
+        outputs: list[tuple[Slot, int]] = []
 
         def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
             nonlocal n
@@ -326,12 +229,6 @@ class LlamaCppEngine(EngineBase):
             batch.logits[n] = logits
             n += 1
 
-        prefilling = any(s.prefilled < len(s.prompt) for s in self._slots.values())
-        # A new prompt gets a prefill-only step first, so its first token comes after one
-        # small step instead of a full batched one; the next step decodes everyone again,
-        # so a long prompt delays the others by at most one chunk per two steps.
-        prefill_only = prefilling and not self._last_was_prefill
-        self._last_was_prefill = prefill_only
         # Decode tokens in sequence-id order: llama.cpp groups a batch's tokens by
         # sequence, and an out-of-order batch made steps up to 2x slower (measured: 9
         # sequences, 70 ms in order, 105 to 140 ms with two or three out of place).
@@ -344,7 +241,7 @@ class LlamaCppEngine(EngineBase):
         # split changes a sequence's arithmetic (logits off by up to ~0.9, measured),
         # which flips greedy outputs. One prompt plus decode tokens computes exactly what
         # the request computes alone.
-        filling: tuple[_Slot, int] | None = None  # the prompt chunk: (slot, tokens)
+        filling: tuple[Slot, int] | None = None  # the prompt chunk: (slot, tokens)
         for slot in self._slots.values():
             left = len(slot.prompt) - slot.prefilled
             if left <= 0:
@@ -358,40 +255,57 @@ class LlamaCppEngine(EngineBase):
             filling = (slot, room)
             break
         batch.n_tokens = n
-        started = time.perf_counter()
-        decoding = not prefill_only and any(s.next_token is not None for s, _ in outputs)
-        if decoding and filling is None and self._may_preempt:
+        return n, outputs, filling
+
+    def _decode(self, *, decoding: bool, decode_only: bool) -> int:
+        """One `llama_decode` over the built batch: 0 done, 2 interrupted for a newcomer,
+        anything else failed. `decoding`: it feeds sequences their next token;
+        `decode_only`: it holds no prompt chunk."""
+        if decoding and decode_only and self._may_preempt:
             # A newcomer may interrupt this step until most of it has run. Only a step of
             # decode tokens alone: it is one ubatch, which llama.cpp rolls back whole.
             self._abortable_nodes = int(self._last_decode_nodes * _PREEMPT_BEFORE)
         self._may_preempt = decoding  # never twice in a row: the batch keeps moving
         self._nodes = 0
-        code = L.llama_decode(self._ctx.ctx, batch)
+        code: int = self._L.llama_decode(self._ctx.ctx, self._batch.batch)
         self._abortable_nodes = 0
-        if code == 2:
-            # Interrupted for a newcomer; llama.cpp dropped this step's KV cells (and,
-            # should the batch have been split, the cells of its finished parts are
-            # dropped here), so nothing advanced. The next step prefills the newcomer
-            # alone, then this step runs again.
-            for i in range(n):
-                L.llama_memory_seq_rm(self._ctx.memory, batch.seq_id[i][0], batch.pos[i], -1)
-            self._stats.aborted(time.perf_counter() - started)
-            return
-        if code != 0:
-            exc = RuntimeError(f"llama_decode returned {code}")
-            log.error("llama_decode failed: %s", exc)
-            for slot in list(self._slots.values()):
-                self._send(
-                    {
-                        "id": slot.request_id,
-                        "event": "error",
-                        "kind": "internal",
-                        "message": str(exc),
-                    }
-                )
-                self._release(slot, keep=False)
-            return
-        took = time.perf_counter() - started
+        return code
+
+    def _roll_back(self, n: int, started: float) -> None:
+        """Undo a step interrupted for a newcomer (its `n` batch tokens)."""
+        L, batch = self._L, self._batch.batch
+        # llama.cpp dropped this step's KV cells (and, should the batch have been split,
+        # the cells of its finished parts are dropped here), so nothing advanced. The
+        # next step prefills the newcomer alone, then this step runs again.
+        for i in range(n):
+            L.llama_memory_seq_rm(self._ctx.memory, batch.seq_id[i][0], batch.pos[i], -1)
+        self._stats.aborted(time.perf_counter() - started)
+
+    def _fail_all(self, code: int) -> None:
+        """A failed `llama_decode`: every running request ends with an internal error."""
+        exc = RuntimeError(f"llama_decode returned {code}")
+        log.error("llama_decode failed: %s", exc)
+        for slot in list(self._slots.values()):
+            self._send(
+                {
+                    "id": slot.request_id,
+                    "event": "error",
+                    "kind": "internal",
+                    "message": str(exc),
+                }
+            )
+            self._release(slot, keep=False)
+
+    def _sample_and_emit(
+        self,
+        n: int,
+        outputs: list[tuple[Slot, int]],
+        filling: tuple[Slot, int] | None,
+        prefill_only: bool,
+        took: float,
+    ) -> None:
+        """After a step that ran: count it, then sample each output row and emit it."""
+        L = self._L
         if filling is not None:
             filling[0].prefilled += filling[1]
         decoded = sum(1 for slot, _ in outputs if slot.next_token is not None)
@@ -399,14 +313,14 @@ class LlamaCppEngine(EngineBase):
             self._last_decode_nodes = self._nodes
         self._stats.step(took, n - decoded, decoded, len(outputs))
         for slot, index in outputs:
-            if slot.sampler is None:
+            if slot.sampler is None:  # greedy: the row's argmax (see `sampler_chain`)
                 row = L.llama_get_logits_ith(self._ctx.ctx, index)
                 token = np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax()
             else:
                 token = L.llama_sampler_sample(slot.sampler, self._ctx.ctx, index)
             self._on_token(slot, int(token))
 
-    def _on_token(self, slot: _Slot, token: int) -> None:
+    def _on_token(self, slot: Slot, token: int) -> None:
         if self._L.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "stop")
             return
@@ -424,7 +338,7 @@ class LlamaCppEngine(EngineBase):
         elif slot.generated >= slot.max_tokens:
             self._finish(slot, "length")
 
-    def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
+    def _finish(self, slot: Slot, reason: str, *, flush: bool = True) -> None:
         if flush:
             tail = slot.stops.flush() + slot.decoder.decode(b"", final=True)
             if tail:
@@ -442,7 +356,7 @@ class LlamaCppEngine(EngineBase):
         )
         self._release(slot)
 
-    def _release(self, slot: _Slot, *, keep: bool = True) -> None:
+    def _release(self, slot: Slot, *, keep: bool = True) -> None:
         L = self._L
         if keep and self._prefix_cache and slot.prefilled:
             # Keep the prompt's cells (drop the generated ones) for a later request.

@@ -8,6 +8,7 @@ import json
 
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
+from inferplane.errors import UpstreamError
 from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 
 
@@ -88,3 +89,151 @@ async def _texts_in_hand_together() -> None:
     # "e" says more: [DONE] came in the same read, so `Finished` follows at once.
     assert texts == [("a", True), ("b", True), ("c", False), ("d", True), ("e", True)]
     assert got[-1] == Finished("stop", 3, 5)
+
+
+class ScriptedUpstream:
+    """Answers every request with one fixed response (`body` sent chunked, in one write,
+    when `chunked`), then closes the connection."""
+
+    def __init__(self, body: bytes, *, status: int = 200, chunked: bool = True) -> None:
+        self.body, self.status, self.chunked = body, status, chunked
+        self.port = 0
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(h.split(b":")[1])
+            for h in head.split(b"\r\n")
+            if h.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        if self.chunked:
+            framing = b"transfer-encoding: chunked"
+            payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(self.body), self.body)
+        else:
+            framing = b"content-length: %d" % len(self.body)
+            payload = self.body
+        writer.write(b"HTTP/1.1 %d X\r\n%s\r\n\r\n%s" % (self.status, framing, payload))
+        await writer.drain()
+        writer.close()
+
+
+def _sse(*objs: object, done: bool = False) -> bytes:
+    lines = [b"data: " + json.dumps(obj).encode() + b"\n\n" for obj in objs]
+    return b"".join(lines) + (b"data: [DONE]\n\n" if done else b"")
+
+
+def _run(
+    upstream: ScriptedUpstream, *, stream: bool, endpoint: str = "chat.completions"
+) -> tuple[list[GenerationEvent], UpstreamError | None]:
+    """The events the engine yields for one request, and the error it ended with."""
+
+    async def go() -> tuple[list[GenerationEvent], UpstreamError | None]:
+        got: list[GenerationEvent] = []
+        async with upstream:
+            spec = RemoteDeployment(
+                name="u",
+                engine="openai_compatible",
+                base_url=f"http://127.0.0.1:{upstream.port}/v1",
+                model="m",
+            )
+            engine = OpenAICompatibleEngine(spec, None)
+            try:
+                async for event in engine.generate(
+                    endpoint, {"prompt": "x"}, {}, stream=stream, prompt_estimate=7
+                ):
+                    got.append(event)
+            except UpstreamError as exc:
+                return got, exc
+            finally:
+                await engine.aclose()
+        return got, None
+
+    return asyncio.run(go())
+
+
+def _choice(text: str | None = None, finish: str | None = None) -> dict[str, object]:
+    delta = {"content": text} if text is not None else {}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_a_stream_without_usage_counts_its_pieces_and_the_estimate() -> None:
+    body = _sse(_choice("a"), _choice("b"), _choice(finish="length"), done=True)
+    got, error = _run(ScriptedUpstream(body), stream=True)
+    assert error is None
+    assert got == [
+        Started(7),
+        TextDelta("a", 1, more=True),
+        TextDelta("b", 2, more=True),
+        Finished("length", 7, 2),
+    ]
+
+
+def test_completions_stream_texts_from_choice_text() -> None:
+    chunk = {"choices": [{"index": 0, "text": "hi", "finish_reason": "stop"}]}
+    got, error = _run(ScriptedUpstream(_sse(chunk, done=True)), stream=True, endpoint="completions")
+    assert error is None
+    assert got == [Started(7), TextDelta("hi", 1, more=True), Finished("stop", 7, 1)]
+
+
+def test_an_error_mid_stream_passes_the_texts_before_it_then_fails() -> None:
+    body = _sse(_choice("a"), {"error": {"message": "boom"}}, _choice("never"))
+    got, error = _run(ScriptedUpstream(body), stream=True)
+    assert got == [Started(7), TextDelta("a", 1)]
+    assert error is not None and error.reason == "stream"
+    assert "boom" in str(error)
+
+
+def test_a_stream_that_ends_without_a_finish_reason_fails() -> None:
+    got, error = _run(ScriptedUpstream(_sse(_choice("a"))), stream=True)
+    assert got == [Started(7), TextDelta("a", 1)]
+    assert error is not None and error.reason == "stream"
+
+
+def test_a_stream_that_ends_with_a_finish_reason_but_no_done_finishes() -> None:
+    body = _sse(_choice("a", finish="stop"), {"choices": [], "usage": {"completion_tokens": 4}})
+    got, error = _run(ScriptedUpstream(body), stream=True)
+    assert error is None
+    assert got == [Started(7), TextDelta("a", 1), Finished("stop", 7, 4)]
+
+
+def test_a_refusal_with_no_text_is_a_content_filter_error() -> None:
+    body = _sse(_choice(finish="content_filter"), done=True)
+    got, error = _run(ScriptedUpstream(body), stream=True)
+    assert got == [Started(7)]
+    assert error is not None and error.reason == "content_filter"
+
+
+def test_invalid_json_mid_stream_fails_before_passing_that_read_on() -> None:
+    body = _sse(_choice("a")) + b"data: {not json\n\n"
+    got, error = _run(ScriptedUpstream(body), stream=True)
+    assert got == [Started(7)]
+    assert error is not None and error.reason == "server_error"
+
+
+def test_a_whole_answer_becomes_started_text_finished() -> None:
+    answer = {
+        "choices": [{"message": {"content": "hello"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+    upstream = ScriptedUpstream(json.dumps(answer).encode(), chunked=False)
+    got, error = _run(upstream, stream=False)
+    assert error is None
+    assert got == [Started(3), TextDelta("hello", 2), Finished("stop", 3, 2)]
+
+
+def test_an_error_status_is_an_upstream_error_either_way() -> None:
+    body = json.dumps({"error": {"message": "bad", "code": "x"}}).encode()
+    for stream in (False, True):
+        got, error = _run(ScriptedUpstream(body, status=400, chunked=False), stream=stream)
+        assert got == []
+        assert error is not None and error.reason == "invalid" and error.upstream_status == 400
