@@ -148,7 +148,7 @@ def _run(
             )
             engine = OpenAICompatibleEngine(spec, None)
             try:
-                async for event in engine.generate(
+                async for event in engine.request(
                     endpoint, {"prompt": "x"}, {}, stream=stream, prompt_estimate=7
                 ):
                     got.append(event)
