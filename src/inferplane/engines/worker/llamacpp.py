@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from inferplane.config import ModelSpec
+from inferplane.engines.worker import protocol
 from inferplane.engines.worker.base import EngineBase
 from inferplane.engines.worker.protocol import Channel
 from inferplane.engines.worker.sampling import sampler_chain
@@ -153,16 +154,7 @@ class LlamaCppEngine(EngineBase):
                 continue
             tokens = [int(t) for t in msg["tokens"]]
             if not tokens or len(tokens) >= self._n_ctx:
-                self._send(
-                    {
-                        "id": rid,
-                        "event": "error",
-                        "kind": "context_length",
-                        "prompt_tokens": len(tokens),
-                        "context_size": self._n_ctx,
-                        "param": "messages",
-                    }
-                )
+                self._send(protocol.too_long(rid, len(tokens), self._n_ctx))
                 continue
             scope = str(msg.get("scope", ""))
             cached = self._cached if self._prefix_cache else None
@@ -182,7 +174,7 @@ class LlamaCppEngine(EngineBase):
                 prefilled=reuse,
             )
             self._stats.tokens["reused"] += reuse
-            self._send({"id": rid, "event": "start", "prompt_tokens": len(tokens), "slot": seq_id})
+            self._send(protocol.started(rid, len(tokens), seq_id))
 
     def _drop_cancelled(self) -> None:
         cancelled = self._take_all_cancelled()
@@ -286,14 +278,7 @@ class LlamaCppEngine(EngineBase):
         exc = RuntimeError(f"llama_decode returned {code}")
         log.error("llama_decode failed: %s", exc)
         for slot in list(self._slots.values()):
-            self._send(
-                {
-                    "id": slot.request_id,
-                    "event": "error",
-                    "kind": "internal",
-                    "message": str(exc),
-                }
-            )
+            self._send(protocol.failed(slot.request_id, str(exc)))
             self._release(slot, keep=False)
 
     def _sample_and_emit(
@@ -332,7 +317,7 @@ class LlamaCppEngine(EngineBase):
             text = text.lstrip()
             slot.lstrip = not text
         if text:
-            self._send({"id": slot.request_id, "event": "token", "text": text, "n": slot.generated})
+            self._send(protocol.token(slot.request_id, text, slot.generated))
         if stopped:
             self._finish(slot, "stop", flush=False)
         elif slot.generated >= slot.max_tokens:
@@ -342,18 +327,8 @@ class LlamaCppEngine(EngineBase):
         if flush:
             tail = slot.stops.flush() + slot.decoder.decode(b"", final=True)
             if tail:
-                self._send(
-                    {"id": slot.request_id, "event": "token", "text": tail, "n": slot.generated}
-                )
-        self._send(
-            {
-                "id": slot.request_id,
-                "event": "done",
-                "finish_reason": reason,
-                "prompt_tokens": len(slot.prompt),
-                "completion_tokens": slot.generated,
-            }
-        )
+                self._send(protocol.token(slot.request_id, tail, slot.generated))
+        self._send(protocol.done(slot.request_id, reason, len(slot.prompt), slot.generated))
         self._release(slot)
 
     def _release(self, slot: Slot, *, keep: bool = True) -> None:

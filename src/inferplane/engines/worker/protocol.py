@@ -41,6 +41,48 @@ def decode(line: bytes) -> Message:
     return msg
 
 
+# The worker's messages about a request, built in one place (the gateway decodes them in
+# `engines/local/wire.py`).
+
+
+def started(rid: int, prompt_tokens: int, slot: int) -> Message:
+    return {"id": rid, "event": "start", "prompt_tokens": prompt_tokens, "slot": slot}
+
+
+def token(rid: int, text: str, generated: int) -> Message:
+    return {"id": rid, "event": "token", "text": text, "n": generated}
+
+
+def done(rid: int, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Message:
+    return {
+        "id": rid,
+        "event": "done",
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
+
+
+def embeddings(rid: int, data: str, dim: int) -> Message:
+    return {"id": rid, "event": "embeddings", "dim": dim, "data": data}
+
+
+def too_long(rid: int, prompt_tokens: int, context_size: int) -> Message:
+    return {
+        "id": rid,
+        "event": "error",
+        "kind": "context_length",
+        "prompt_tokens": prompt_tokens,
+        "context_size": context_size,
+        "param": "messages",
+    }
+
+
+def failed(rid: int, message: str) -> Message:
+    """An internal failure (the gateway tells its caller a generic message)."""
+    return {"id": rid, "event": "error", "kind": "internal", "message": message}
+
+
 class Channel:
     """Worker side of the socket: thread-safe sends, a blocking iterator of messages."""
 

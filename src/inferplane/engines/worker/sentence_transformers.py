@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from inferplane.config import ModelSpec
+from inferplane.engines.worker import protocol
 from inferplane.engines.worker.base import EngineBase
 from inferplane.engines.worker.protocol import Channel, Message
 
@@ -56,9 +57,7 @@ class EmbeddingEngine(EngineBase):
             except Exception as exc:
                 log.exception("embedding batch failed")
                 for msg in batch:
-                    self._send(
-                        {"id": msg["id"], "event": "error", "kind": "internal", "message": str(exc)}
-                    )
+                    self._send(protocol.failed(msg["id"], str(exc)))
 
     def _collect(self) -> list[Message]:
         batch = [self._waiting.get()]
@@ -86,11 +85,5 @@ class EmbeddingEngine(EngineBase):
         for msg in batch:
             part = vectors[start : start + len(msg["input"])]
             start += len(msg["input"])
-            self._send(
-                {
-                    "id": msg["id"],
-                    "event": "embeddings",
-                    "dim": int(part.shape[1]),
-                    "data": base64.b64encode(np.ascontiguousarray(part).tobytes()).decode(),
-                }
-            )
+            data = base64.b64encode(np.ascontiguousarray(part).tobytes()).decode()
+            self._send(protocol.embeddings(msg["id"], data, int(part.shape[1])))
