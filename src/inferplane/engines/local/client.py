@@ -14,9 +14,8 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
-from inferplane.engines.worker.protocol import Message, decode, encode
+from inferplane.engines.worker.protocol import Message, Op, decode, encode, wire
 from inferplane.errors import Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class WorkerClient:
             for queue in self._pending.values():
                 queue.put_nowait(_LOST)
 
-    async def stream(self, payload: dict[str, Any]) -> AsyncIterator[Message]:
+    async def stream(self, op: Op) -> AsyncIterator[Message]:
         """Send one request; yield its events up to and including the terminal one."""
         if self._closed:
             raise Unavailable(f"The worker for model '{self.model}' is restarting.")
@@ -78,7 +77,7 @@ class WorkerClient:
         self._admitted += 1
         finished = False
         try:
-            self._writer.write(encode({**payload, "id": rid}))
+            self._writer.write(encode(wire(op, rid)))
             while True:
                 msg = await queue.get()
                 event = msg["event"]

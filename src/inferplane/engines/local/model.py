@@ -19,7 +19,8 @@ from inferplane.engines.local.assets import ModelAsset
 from inferplane.engines.local.fair_queue import FairQueue
 from inferplane.engines.local.prompts import EmbeddingTokens, LlamaPrompts, PreparedPrompt
 from inferplane.engines.local.supervisor import ManagedWorker
-from inferplane.engines.local.wire import EmbedOp, GenerateOp, Vectors, generation_event, vectors
+from inferplane.engines.local.wire import Vectors, generation_event, vectors
+from inferplane.engines.worker.protocol import Embed, Generate, Sampling
 from inferplane.errors import InferplaneError
 from inferplane.events import Embeddings, GenerationEvent
 from inferplane.telemetry.metrics import Metrics
@@ -130,13 +131,18 @@ class LocalLLM(LocalModel):
         dispatched: Dispatched,
     ) -> AsyncIterator[GenerationEvent]:
         prompt: PreparedPrompt = prepared.payload
-        op = GenerateOp(
-            prompt.tokens, prompt.max_tokens, prompt.stop, prompt.lstrip, sampling, caller.scope
+        op = Generate(
+            prompt.tokens,
+            prompt.max_tokens,
+            prompt.stop,
+            prompt.lstrip,
+            Sampling.of(sampling),
+            caller.scope,
         )
         async with self._slot(caller, len(prompt.tokens) + prompt.max_tokens):
             dispatched(len(prompt.tokens))
             client = await self.worker.client()
-            async for msg in client.stream(op.wire()):
+            async for msg in client.stream(op):
                 event = generation_event(msg)
                 if event is not None:
                     yield event
@@ -169,7 +175,7 @@ class LocalEmbedder(LocalModel):
 
     async def _vectors(self, texts: list[str]) -> Vectors:
         client = await self.worker.client()
-        async for msg in client.stream(EmbedOp(texts).wire()):
+        async for msg in client.stream(Embed(texts)):
             got = vectors(msg)
             if got is not None:
                 return got

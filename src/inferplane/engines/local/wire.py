@@ -1,4 +1,5 @@
-"""The worker protocol as the gateway speaks it: typed requests out, typed events in.
+"""The worker protocol as the gateway reads it: typed events in (the typed requests out,
+`Generate` and `Embed`, are in `engines/worker/protocol.py`, which both sides share).
 
 Every message a worker sends about a request is decoded here, once (the wire format is
 in `engines/worker/protocol.py`): a generation's messages become the pipeline's events,
@@ -9,40 +10,10 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
 
 from inferplane.engines.worker.protocol import Message
 from inferplane.errors import ContextLengthExceeded, InferplaneError, InvalidRequest
 from inferplane.events import Finished, GenerationEvent, Started, TextDelta
-
-
-@dataclass(frozen=True, slots=True)
-class GenerateOp:
-    tokens: list[int]
-    max_tokens: int
-    stop: list[str]
-    lstrip: bool  # drop the reply's leading whitespace (chat)
-    sampling: dict[str, Any]  # temperature, top_p, seed, presence/frequency penalties
-    scope: str  # who may reuse the prompt's cached prefix
-
-    def wire(self) -> Message:
-        return {
-            "op": "generate",
-            "tokens": self.tokens,
-            "max_tokens": self.max_tokens,
-            "stop": self.stop,
-            "lstrip": self.lstrip,
-            **self.sampling,
-            "scope": self.scope,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class EmbedOp:
-    input: list[str]
-
-    def wire(self) -> Message:
-        return {"op": "embed", "input": self.input}
 
 
 @dataclass(frozen=True, slots=True)

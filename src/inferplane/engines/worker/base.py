@@ -10,18 +10,18 @@ from __future__ import annotations
 import queue
 import threading
 
-from inferplane.engines.worker.protocol import Channel, Message
+from inferplane.engines.worker.protocol import Channel, Message, Op
 
 
 class EngineBase:
     def __init__(self) -> None:
-        self._waiting: queue.Queue[Message] = queue.Queue()
+        self._waiting: queue.Queue[tuple[int, Op]] = queue.Queue()  # (request id, op)
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
         self._channel: Channel | None = None
 
-    def submit(self, msg: Message) -> None:
-        self._waiting.put(msg)
+    def submit(self, rid: int, op: Op) -> None:
+        self._waiting.put((rid, op))
 
     def cancel(self, request_id: int) -> None:
         with self._lock:

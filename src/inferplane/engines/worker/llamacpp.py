@@ -145,20 +145,21 @@ class LlamaCppEngine(EngineBase):
         free = [i for i in range(self._parallel) if i not in self._slots]
         while free:
             try:
-                msg = self._waiting.get(block=block)
+                rid, op = self._waiting.get(block=block)
             except queue.Empty:
                 return
             block = False
-            rid = int(msg["id"])
             if self._take_cancelled(rid):
                 continue
-            tokens = [int(t) for t in msg["tokens"]]
+            if not isinstance(op, protocol.Generate):
+                self._send(protocol.failed(rid, "this worker serves text generation only"))
+                continue
+            tokens = op.tokens
             if not tokens or len(tokens) >= self._n_ctx:
                 self._send(protocol.too_long(rid, len(tokens), self._n_ctx))
                 continue
-            scope = str(msg.get("scope", ""))
             cached = self._cached if self._prefix_cache else None
-            seq_id, reuse = pick_slot(free, self._slots, cached, scope, tokens)
+            seq_id, reuse = pick_slot(free, self._slots, cached, op.scope, tokens)
             free.remove(seq_id)
             self._cached.pop(seq_id, None)
             self._L.llama_memory_seq_rm(self._ctx.memory, seq_id, reuse, -1)
@@ -166,11 +167,11 @@ class LlamaCppEngine(EngineBase):
                 seq_id=seq_id,
                 request_id=rid,
                 prompt=tokens,
-                max_tokens=min(int(msg["max_tokens"]), self._n_ctx - len(tokens)),
-                stops=StopMatcher(list(msg.get("stop") or [])),
-                sampler=sampler_chain(self._L, self._n_vocab, msg),
-                lstrip=bool(msg.get("lstrip")),
-                scope=scope,
+                max_tokens=min(op.max_tokens, self._n_ctx - len(tokens)),
+                stops=StopMatcher(op.stop),
+                sampler=sampler_chain(self._L, self._n_vocab, op.sampling),
+                lstrip=op.lstrip,
+                scope=op.scope,
                 prefilled=reuse,
             )
             self._stats.tokens["reused"] += reuse

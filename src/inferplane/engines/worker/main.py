@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from inferplane.config import ModelSpec
-from inferplane.engines.worker.protocol import Channel, Message
+from inferplane.engines.worker import protocol
+from inferplane.engines.worker.protocol import Channel, Op
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> None:
         elif op == "cancel":
             engine.cancel(int(msg["id"]))
         else:
-            engine.submit(msg)
+            try:
+                request = protocol.parse(msg)
+            except ValueError as exc:  # a gateway of another version, say
+                channel.send(protocol.failed(int(msg.get("id") or 0), str(exc)))
+                continue
+            engine.submit(int(msg["id"]), request)
     os._exit(0)  # the gateway closed the connection
 
 
@@ -74,7 +80,7 @@ class Engine(Protocol):
     """What a worker-side engine offers: `run` is its loop, on its own thread."""
 
     def info(self) -> dict[str, Any]: ...
-    def submit(self, msg: Message) -> None: ...
+    def submit(self, rid: int, op: Op) -> None: ...
     def cancel(self, request_id: int) -> None: ...
     def run(self, channel: Channel) -> None: ...
 

@@ -1,8 +1,8 @@
 """The gateway <-> worker protocol: one JSON object per line over a Unix socket.
 
-Gateway -> worker (`op`):
+Gateway -> worker (`op`; `Generate` and `Embed` below, sent with `wire`):
     {"op": "generate", "id": N, "tokens": [...], "max_tokens", "stop", "lstrip",
-     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"}
+     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "scope"}
     {"op": "embed", "id": N, "input": [str, ...]}
     {"op": "cancel", "id": N}          stop working on request N (client went away)
     {"op": "ping", "id": N}            health check, answered by the socket thread
@@ -24,7 +24,8 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 Message = dict[str, Any]
@@ -39,6 +40,97 @@ def decode(line: bytes) -> Message:
     if not isinstance(msg, dict):
         raise ValueError("protocol message is not an object")
     return msg
+
+
+# The gateway's requests, typed: built by the gateway (`engines/local/`), read back by
+# the worker with `parse`. The id travels beside an op, not in it: the connection
+# (`engines/local/client.py`) numbers the requests it sends.
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How a generation picks its tokens (OpenAI's parameters, already validated)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> Sampling:
+        """From a request's sampling parameters; one absent or null takes its default."""
+        return cls(
+            temperature=float(_given(params, "temperature", 1.0)),
+            top_p=float(_given(params, "top_p", 1.0)),
+            seed=None if params.get("seed") is None else int(params["seed"]),
+            presence_penalty=float(_given(params, "presence_penalty", 0.0)),
+            frequency_penalty=float(_given(params, "frequency_penalty", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Generate:
+    tokens: list[int]  # the prompt, tokenized
+    max_tokens: int
+    stop: list[str]
+    lstrip: bool  # drop the reply's leading whitespace (chat)
+    sampling: Sampling
+    scope: str  # who may reuse the prompt's cached prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Embed:
+    input: list[str]
+
+
+Op = Generate | Embed
+
+
+def wire(op: Op, rid: int) -> Message:
+    """Request `rid` as its wire message."""
+    if isinstance(op, Embed):
+        return {"op": "embed", "id": rid, "input": op.input}
+    s = op.sampling
+    return {
+        "op": "generate",
+        "id": rid,
+        "tokens": op.tokens,
+        "max_tokens": op.max_tokens,
+        "stop": op.stop,
+        "lstrip": op.lstrip,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "seed": s.seed,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "scope": op.scope,
+    }
+
+
+def parse(msg: Message) -> Op:
+    """A `generate` or `embed` message as its op (the worker's side of `wire`); a message
+    of another shape raises ValueError."""
+    try:
+        if msg["op"] == "embed":
+            return Embed([str(text) for text in msg["input"]])
+        if msg["op"] == "generate":
+            return Generate(
+                tokens=[int(t) for t in msg["tokens"]],
+                max_tokens=int(msg["max_tokens"]),
+                stop=[str(s) for s in msg.get("stop") or []],
+                lstrip=bool(msg.get("lstrip")),
+                sampling=Sampling.of(msg),
+                scope=str(msg.get("scope") or ""),
+            )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed {msg.get('op')!r} request: {exc!r}") from None
+    raise ValueError(f"unknown op {msg.get('op')!r}")
+
+
+def _given(params: Mapping[str, Any], name: str, default: float) -> Any:
+    value = params.get(name)
+    return default if value is None else value
 
 
 # The worker's messages about a request, built in one place (the gateway decodes them in

@@ -21,7 +21,7 @@ import numpy as np
 from inferplane.config import ModelSpec
 from inferplane.engines.worker import protocol
 from inferplane.engines.worker.base import EngineBase
-from inferplane.engines.worker.protocol import Channel, Message
+from inferplane.engines.worker.protocol import Channel, Embed
 
 log = logging.getLogger(__name__)
 
@@ -56,34 +56,40 @@ class EmbeddingEngine(EngineBase):
                 self._encode(batch)
             except Exception as exc:
                 log.exception("embedding batch failed")
-                for msg in batch:
-                    self._send(protocol.failed(msg["id"], str(exc)))
+                for rid, _ in batch:
+                    self._send(protocol.failed(rid, str(exc)))
 
-    def _collect(self) -> list[Message]:
-        batch = [self._waiting.get()]
-        size = len(batch[0]["input"])
-        deadline = time.monotonic() + self._spec.max_wait_ms / 1000
+    def _collect(self) -> list[tuple[int, Embed]]:
+        """Requests until the batch holds `max_batch_size` inputs or `max_wait_ms` has
+        passed since the first (anything but an embedding request is refused)."""
+        batch: list[tuple[int, Embed]] = []
+        size, deadline = 0, None
         while size < self._spec.max_batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                msg = self._waiting.get(timeout=remaining) if remaining > 0 else None
-            except queue.Empty:
-                msg = None
-            if msg is None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 break
-            batch.append(msg)
-            size += len(msg["input"])
+            try:
+                rid, op = self._waiting.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if not isinstance(op, Embed):
+                self._send(protocol.failed(rid, "this worker serves embeddings only"))
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + self._spec.max_wait_ms / 1000
+            batch.append((rid, op))
+            size += len(op.input)
         return batch
 
-    def _encode(self, batch: list[Message]) -> None:
+    def _encode(self, batch: list[tuple[int, Embed]]) -> None:
         # The gateway has counted tokens and refused over-long inputs already.
-        texts = [text for msg in batch for text in msg["input"]]
+        texts = [text for _, op in batch for text in op.input]
         vectors = self._model.encode(
             texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False
         ).astype(np.float32, copy=False)
         start = 0
-        for msg in batch:
-            part = vectors[start : start + len(msg["input"])]
-            start += len(msg["input"])
+        for rid, op in batch:
+            part = vectors[start : start + len(op.input)]
+            start += len(op.input)
             data = base64.b64encode(np.ascontiguousarray(part).tobytes()).decode()
-            self._send(protocol.embeddings(msg["id"], data, int(part.shape[1])))
+            self._send(protocol.embeddings(rid, data, int(part.shape[1])))

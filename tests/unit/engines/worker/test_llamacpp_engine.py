@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from inferplane.config import ModelSpec
+from inferplane.engines.worker import protocol
 from inferplane.engines.worker.llamacpp import LlamaCppEngine
 from inferplane.engines.worker.protocol import Message
 
@@ -70,13 +71,15 @@ def _tokens(engine: LlamaCppEngine, text: str) -> list[int]:
 
 def _generate(engine: LlamaCppEngine, rid: int, prompt: str, max_tokens: int) -> None:
     engine.submit(
-        {
-            "id": rid,
-            "tokens": _tokens(engine, prompt),
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "scope": f"scope-{rid}",  # no prefix reuse between these requests
-        }
+        rid,
+        protocol.Generate(
+            tokens=_tokens(engine, prompt),
+            max_tokens=max_tokens,
+            stop=[],
+            lstrip=False,
+            sampling=protocol.Sampling(temperature=0),
+            scope=f"scope-{rid}",  # no prefix reuse between these requests
+        ),
     )
 
 
