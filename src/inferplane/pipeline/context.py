@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from inferplane.routing.deployments import Alias, Deployment
 from inferplane.telemetry.ids import unique_id
 from inferplane.tenancy.records import Principal
 
@@ -35,6 +36,14 @@ class Outcome:
 
     def served_by(self, deployment: str, version: str) -> None:
         self.deployment, self.model_version = deployment, version
+
+    # Routing's attempt loop writes here as it goes (`routing.router.AttemptLog`).
+
+    def attempted(self) -> None:
+        self.attempts = (self.attempts or 0) + 1
+
+    def delivered(self, owner: Alias, dep: Deployment) -> None:
+        self.served_by(dep.name, dep.version)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from inferplane.errors import InferplaneError
 from inferplane.pipeline.admission import Admission
 from inferplane.pipeline.context import RequestContext
+from inferplane.telemetry.histogram import Series
 from inferplane.telemetry.ledger import UsageLedger, UsageRecord, now_iso
 from inferplane.telemetry.metrics import Metrics
 
@@ -42,10 +44,33 @@ class Tally:
         self.reached, self.prompt = True, prompt_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """One model's metric series (labelled once: `labels()` costs more than an update)."""
+
+    prompt_tokens: Any
+    completion_tokens: Any
+    ttft: Series
+    itl: Series
+
+
 class Meter:
     def __init__(self, ledger: UsageLedger, metrics: Metrics):
         self._ledger = ledger
         self._metrics = metrics
+        self._by_model: dict[str, _Series] = {}  # a configured model's, once it is used
+
+    def _series(self, model: str) -> _Series:
+        series = self._by_model.get(model)
+        if series is None:
+            m = self._metrics
+            series = self._by_model[model] = _Series(
+                m.prompt_tokens.labels(model),
+                m.completion_tokens.labels(model),
+                m.time_to_first_token.labels(model),
+                m.inter_token_latency.labels(model),
+            )
+        return series
 
     @contextmanager
     def accounted(
@@ -73,12 +98,14 @@ class Meter:
         return round(cost * tally.hit_fraction) if tally.cache_hit else cost
 
     def tokens(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        self._metrics.prompt_tokens.labels(model).inc(prompt_tokens)
+        series = self._series(model)
+        series.prompt_tokens.inc(prompt_tokens)
         if completion_tokens:
-            self._metrics.completion_tokens.labels(model).inc(completion_tokens)
+            series.completion_tokens.inc(completion_tokens)
 
     def clock(self, ctx: RequestContext, model: str) -> TokenClock:
-        return TokenClock(ctx, self._metrics, model)
+        series = self._series(model)
+        return TokenClock(ctx, series.ttft, series.itl)
 
     def _finish(self, ctx: RequestContext, model: str, admission: Admission, tally: Tally) -> None:
         """Settle the admission and write the ledger record (before the response ends)."""
@@ -122,10 +149,11 @@ class TokenClock:
     (local, remote, whatever serves the request), labelled by the model the caller
     named; the first token's time also goes to the ledger (`ttft_ms`)."""
 
-    def __init__(self, ctx: RequestContext, metrics: Metrics, model: str):
+    __slots__ = ("_ctx", "_itl", "_last", "_ttft")
+
+    def __init__(self, ctx: RequestContext, ttft: Series, itl: Series):
         self._ctx = ctx
-        self._ttft = metrics.time_to_first_token.labels(model)
-        self._itl = metrics.inter_token_latency.labels(model)
+        self._ttft, self._itl = ttft, itl  # the model's histograms
         self._last: float | None = None
 
     def tick(self) -> None:

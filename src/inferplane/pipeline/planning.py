@@ -49,7 +49,12 @@ class Plan:
         if prepared is None:
             prepared = await engine.prepare(self.request)
             if not engine.counts:
-                prepared = dataclasses.replace(prepared, prompt_tokens=self.prompt_tokens)
+                prepared = Prepared(
+                    self.prompt_tokens,
+                    prepared.max_tokens,
+                    prepared.payload,
+                    prepared.dropped_turns,
+                )
             self.prepared[id(engine)] = prepared
         return prepared
 

@@ -36,7 +36,7 @@ from inferplane.pipeline.planning import Plan, Planner
 from inferplane.pipeline.stages import InputStage, OutputStage, run_inputs, run_outputs
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.policy import DataPolicy
-from inferplane.routing.router import Attempts, Router, Run, attempts
+from inferplane.routing.router import Router, Run, attempts
 from inferplane.routing.strategies import RouteRequest
 from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
@@ -90,8 +90,10 @@ class InferenceService:
         stream: bool = False,
         route: RouteRequest | None = None,
         directives: Directives = _DEFAULT_DIRECTIVES,
-    ) -> AsyncIterator[GenerationEvent]:
-        """Run one generation; the first event is always `Started` (or an error is raised)."""
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """Run the stages up to the answer; its events, the first always `Started` (or
+        an error is raised). Whoever reads them closes them (`aclose`) when done: the
+        request is settled and recorded then, before its response ends."""
         ctx.outcome.model, ctx.outcome.attempts = alias.id, 0
         scopes = rate_scopes(ctx.principal, alias.id, alias.limits)
         request = GenerationInput(
@@ -110,28 +112,35 @@ class InferenceService:
                 admission = await self._admitter.admit(ctx, alias.id, scopes, n_prompt, n_out)
             else:
                 await self._admitter.reserve(ctx, admission, n_prompt, n_out)
+            answer = await self._answer(ctx, alias, plan, admission, sampling, stream, directives)
         except BaseException:
             if admission is not None:
                 admission.settle(0, 0)  # it stays counted as a request, holding nothing
             raise
-        key = {**request.capped(), **sampling}
+        if not self._outputs:
+            return answer
+        return _closing_both(run_outputs(self._outputs, ctx, answer), answer)
+
+    async def _answer(
+        self,
+        ctx: RequestContext,
+        alias: Alias,
+        plan: Plan,
+        admission: Admission,
+        sampling: dict[str, Any],
+        stream: bool,
+        directives: Directives,
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """The cache's answer if it holds one, else the model's (the answer not started:
+        whoever reads it starts it)."""
+        key = {**plan.request.capped(), **sampling}
         lookup = self._cache.lookup(ctx, alias, key, plan.versions, directives)
         hit = await self._cache.hit(ctx, lookup) if lookup is not None else None
         if lookup is not None and hit is not None:
-            answer = self._cache.replay(ctx, alias.id, admission, lookup, hit)
-        else:
-            await self._planner.by_complexity(alias, plan)
-            recorder = self._cache.recorder(lookup)
-            answer = self._invoke(ctx, alias, plan, admission, sampling, stream, recorder)
-        events = run_outputs(self._outputs, ctx, answer)
-        try:
-            async for event in events:
-                yield event
-        finally:
-            # Closed at once when the caller stops reading: the request is settled and
-            # recorded before its response ends, not when the collector gets to it.
-            await events.aclose()
-            await answer.aclose()
+            return self._cache.replay(ctx, alias.id, admission, lookup, hit)
+        await self._planner.by_complexity(alias, plan)
+        recorder = self._cache.recorder(lookup)
+        return self._invoke(ctx, alias, plan, admission, sampling, stream, recorder)
 
     async def _invoke(
         self,
@@ -144,16 +153,19 @@ class InferenceService:
         recorder: Recorder | None,
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Routing's attempts over the plan, metered: tokens timed and counted, the
-        answer kept for the cache, the request charged and recorded however it ends."""
-        tally, state, out = Tally(), Attempts(), ctx.outcome
-        caller = _caller(ctx)
+        answer kept for the cache, the request charged and recorded however it ends.
+        Routing writes the attempts and what served to the request's `Outcome`."""
+        tally = Tally()
         clock = self._meter.clock(ctx, alias.id)
+        caller: Caller | None = None
 
         def run(owner: Alias, dep: Deployment) -> AsyncIterator[GenerationEvent]:
+            nonlocal caller
             engine = dep.engine
             prepared = plan.prepared.get(id(engine))
             if prepared is None:  # another local model than the one that counted
                 return _prepared_then(run, plan, owner, dep)
+            caller = caller or _caller(ctx)
             return engine.generate(
                 prepared,
                 sampling,
@@ -163,26 +175,20 @@ class InferenceService:
                 dispatched=tally.dispatched,
             )
 
-        routed = attempts(alias, plan.deployments, run, state, on_attempt=self._on_attempt)
+        routed = attempts(alias, plan.deployments, run, ctx.outcome, on_attempt=self._on_attempt)
         # Closed as soon as the caller stops reading: the attempt's bookkeeping (breaker,
         # in-flight count) settles then.
         with self._meter.accounted(ctx, alias.id, admission, tally):
-            try:
-                async with aclosing(routed):
-                    async for event in routed:
-                        out.attempts = state.count
-                        if state.served_by is not None and out.deployment is None:
-                            out.served_by(state.served_by[1].name, state.served_by[1].version)
-                        if isinstance(event, TextDelta):
-                            clock.tick()
-                            tally.completion = event.tokens_so_far
-                            if recorder is not None:
-                                recorder.parts.append(event.text)
-                        elif isinstance(event, Finished):
-                            self._finished(ctx, alias.id, admission, tally, recorder, event)
-                        yield event
-            finally:
-                out.attempts = state.count
+            async with aclosing(routed):
+                async for event in routed:
+                    if isinstance(event, TextDelta):
+                        clock.tick()
+                        tally.completion = event.tokens_so_far
+                        if recorder is not None:
+                            recorder.parts.append(event.text)
+                    elif isinstance(event, Finished):
+                        self._finished(ctx, alias.id, admission, tally, recorder, event)
+                    yield event
 
     def _finished(
         self,
@@ -224,6 +230,19 @@ class InferenceService:
             self._meter.tokens(model.id, sum(tokens), 0)
             tally.status = 200
             return result
+
+
+async def _closing_both(
+    events: AsyncGenerator[GenerationEvent, None], answer: AsyncGenerator[GenerationEvent, None]
+) -> AsyncGenerator[GenerationEvent, None]:
+    """The output stages' events; closed, it closes the answer under them at once too
+    (a stage need not close what it reads)."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()
+        await answer.aclose()
 
 
 async def _prepared_then(

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from inferplane.errors import (
     ContextLengthExceeded,
@@ -96,12 +97,31 @@ class Router:
         return out
 
 
+class AttemptLog(Protocol):
+    """Where the attempt loop writes what it learns of a request (the pipeline's
+    `Outcome`; `Attempts` where nothing else reads it)."""
+
+    def attempted(self) -> None:
+        """One more attempt began."""
+        ...
+
+    def delivered(self, owner: Alias, dep: Deployment) -> None:
+        """The attempt at `dep` (of alias `owner`) is the one the caller is answered by."""
+        ...
+
+
 @dataclass
 class Attempts:
     """The attempts of one request: how many, and which deployment served it."""
 
     count: int = 0
     served_by: tuple[Alias, Deployment] | None = None
+
+    def attempted(self) -> None:
+        self.count += 1
+
+    def delivered(self, owner: Alias, dep: Deployment) -> None:
+        self.served_by = (owner, dep)
 
 
 OnAttempt = Callable[[Alias, Deployment, str], None]
@@ -111,13 +131,12 @@ async def attempts(
     alias: Alias,
     plan: list[tuple[Alias, Deployment]],
     run: Run,
-    state: Attempts,
+    log: AttemptLog,
     *,
     on_attempt: OnAttempt = lambda a, d, outcome: None,
 ) -> AsyncGenerator[GenerationEvent, None]:
-    """Run the plan until one attempt delivers; yields that attempt's events.
-
-    The retry policy, in rounds over the plan (`_Attempt` does each attempt's bookkeeping):
+    """Run the plan until one attempt delivers; yields that attempt's events. The retry
+    policy, in rounds over the plan (`_Attempt` does each attempt's bookkeeping):
 
     1. Stop at the alias's `max_attempts` (every attempt counts, fallbacks' too) or its
        deadline. Skip a deployment that refused this request, whose upstream asked to
@@ -130,19 +149,17 @@ async def attempts(
        refusal leaves the deployment out for this request) and go on.
     4. After a round in which nothing could be tried, wait out the shortest Retry-After
        if it ends soon and before the deadline; else stop (open breakers fail fast).
-
-    At the end the caller gets the last failure, or Unavailable if nothing was tried.
+       The caller gets the last failure, or Unavailable if nothing was tried.
     """
-    deadline = time.monotonic() + alias.deadline_s
+    deadline, tried = time.monotonic() + alias.deadline_s, 0
     last: InferplaneError | None = None
     failed_here: dict[str, int] = {}
-    # Deployments that cannot serve this request at all (too long for them, refused).
-    excluded: set[str] = set()
-    while state.count < alias.max_attempts and plan:
+    excluded: set[str] = set()  # cannot serve this request at all (too long, refused)
+    while tried < alias.max_attempts and plan:
         progressed = False
         for owner, dep in plan:
             now = time.monotonic()
-            if state.count >= alias.max_attempts or now >= deadline:
+            if tried >= alias.max_attempts or now >= deadline:
                 break
             if dep.name in excluded or dep.not_before > now or not dep.breaker.allow():
                 continue
@@ -151,8 +168,13 @@ async def attempts(
             if failures and not await _back_off(alias, failures, now, deadline):
                 dep.breaker.release()  # allowed, but no attempt made: no verdict
                 break
-            async with _Attempt(owner, dep, run, state, deadline, on_attempt) as attempt:
-                async for event in attempt:
+            tried += 1
+            async with _Attempt(owner, dep, run, log, deadline, on_attempt) as attempt:
+                for event in await attempt.opening():
+                    yield event
+                async for event in attempt.stream:  # straight from the engine
+                    if isinstance(event, Finished):
+                        attempt.served()
                     yield event
             if attempt.retry is None:
                 return  # delivered (a failure that ends the request has been raised)
@@ -210,12 +232,14 @@ def _only_elsewhere(exc: BaseException) -> bool:
 
 
 class _Attempt:
-    """One attempt at one deployment: its events, and its bookkeeping.
+    """One attempt at one deployment: its bookkeeping, and its opening.
 
     Entered, it counts the attempt, marks the deployment in flight and starts `run`.
-    Iterated, it yields the deployment's events: the first must come by the deployment's
+    Its `opening` waits for the first events: the first must come by the deployment's
     `timeout_s` and the request's deadline, and a `Started` is held back until it (a
     failure before the first token is retried elsewhere; the caller sees one answer).
+    The rest is read from `stream` directly; the loop calls `served` when a `Finished`
+    goes by.
 
     On exit it gives its verdict: served (the stream ended, or a `Finished` came even if
     the caller stopped reading there), failed (a failure that says the deployment is
@@ -235,58 +259,51 @@ class _Attempt:
         owner: Alias,
         dep: Deployment,
         run: Run,
-        state: Attempts,
+        log: AttemptLog,
         deadline: float,
         on_attempt: OnAttempt,
     ):
         self.owner, self.dep = owner, dep
-        self._run, self._state, self._deadline = run, state, deadline
+        self._run, self._log, self._deadline = run, log, deadline
         self._on_attempt = on_attempt
         # A failure before the first token that another attempt may mend.
         self.retry: InferplaneError | None = None
         self._delivered = False
         self._verdict: bool | None = None
         self._ttft: float | None = None
-        self._after_held: GenerationEvent | None = None
 
     async def __aenter__(self) -> _Attempt:
-        self._state.count += 1
+        self._log.attempted()
         self._started = time.perf_counter()
         self.dep.in_flight += 1
-        self._stream = self._run(self.owner, self.dep)
+        self.stream = self._run(self.owner, self.dep)
         self._until = self._deadline
         if self.dep.timeout_s is not None:
             self._until = min(self._deadline, time.monotonic() + self.dep.timeout_s)
         return self
 
-    def __aiter__(self) -> _Attempt:
-        return self
-
-    async def __anext__(self) -> GenerationEvent:
-        if self._after_held is not None:
-            event, self._after_held = self._after_held, None
-        elif self._delivered:
-            event = await anext(self._stream)
-        else:
-            event = await self._first_event()
-        if isinstance(event, Finished):
-            self._verdict = True  # served, even if the caller stops reading here
-        return event
-
-    async def _first_event(self) -> GenerationEvent:
-        """The first real event, by `_until`; a `Started` before it comes out first."""
-        held: Started | None = None
-        event = await _first(self._stream, self._until, self.dep)
-        while isinstance(event, Started):
-            held = event
-            event = await _first(self._stream, self._until, self.dep)
+    async def opening(self) -> list[GenerationEvent]:
+        """The first real event, by `_until`, with a `Started` before it (none if the
+        stream ended first)."""
+        held: list[GenerationEvent] = []
+        try:
+            event = await _first(self.stream, self._until, self.dep)
+            while isinstance(event, Started):
+                held = [event]
+                event = await _first(self.stream, self._until, self.dep)
+        except StopAsyncIteration:
+            return []
         self._delivered = True
         self._ttft = time.perf_counter() - self._started
-        self._state.served_by = (self.owner, self.dep)
-        if held is None:
-            return event
-        self._after_held = event
+        self._log.delivered(self.owner, self.dep)
+        if isinstance(event, Finished):
+            self.served()
+        held.append(event)
         return held
+
+    def served(self) -> None:
+        """A `Finished` went by: served, even if the caller stops reading here."""
+        self._verdict = True
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
@@ -296,7 +313,7 @@ class _Attempt:
         elif isinstance(exc, InferplaneError):
             self._failed(exc)
         self.dep.in_flight -= 1
-        await self._stream.aclose()  # type: ignore[attr-defined]
+        await self.stream.aclose()  # type: ignore[attr-defined]
         self._settle()
         return self.retry is not None  # a retry is the policy's to make, not an error
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from inferplane.telemetry.histogram import LoopHistogram
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -27,14 +29,15 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.time_to_first_token = Histogram(
+        # Observed per generated token, on the event loop: the lock-free kind.
+        self.time_to_first_token = LoopHistogram(
             "inferplane_time_to_first_token_seconds",
             "Time from request to the first generated token.",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.inter_token_latency = Histogram(
+        self.inter_token_latency = LoopHistogram(
             "inferplane_inter_token_latency_seconds",
             "Time between consecutive generated tokens of one response.",
             ["model"],

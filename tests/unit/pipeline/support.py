@@ -277,11 +277,11 @@ class World:
         directives: Directives = _ALL,
     ) -> list[GenerationEvent]:
         """A request read to its end."""
-        events = self.stream(ctx, target, request, route=route, directives=directives)
+        events = await self.stream(ctx, target, request, route=route, directives=directives)
         async with aclosing(events):
             return [event async for event in events]
 
-    def stream(
+    async def stream(
         self,
         ctx: RequestContext,
         target: Alias,
@@ -292,10 +292,9 @@ class World:
     ) -> AsyncGenerator[GenerationEvent, None]:
         """A request's events, for the test to read as far as it likes (and close)."""
         request = request or chat(max_tokens=8)
-        events = self.service.generate(
+        events = await self.service.generate(
             ctx, target, request, SAMPLING, route=route, directives=directives
         )
-        assert isinstance(events, AsyncGenerator)  # closable, as the HTTP layer closes it
         return events
 
     async def records(self) -> list[dict[str, Any]]:

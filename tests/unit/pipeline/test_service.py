@@ -200,7 +200,7 @@ def test_a_consumer_leaving_after_the_first_token_is_charged_what_was_used(
     async def main() -> None:
         async with world(tmp_path, target) as w:
             ctx = context()
-            events = w.stream(ctx, target, request)
+            events = await w.stream(ctx, target, request)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TextDelta):
@@ -253,7 +253,7 @@ async def _served(w: World) -> None:
 
 async def _stops_at_finished(w: World) -> None:
     """As the HTTP layer reads a non-streaming answer: up to `Finished`, then closes."""
-    events = w.stream(context(), w.router.aliases["m"])
+    events = await w.stream(context(), w.router.aliases["m"])
     async with aclosing(events):
         async for event in events:
             if isinstance(event, Finished):
@@ -261,7 +261,7 @@ async def _stops_at_finished(w: World) -> None:
 
 
 async def _leaves_after_first_token(w: World) -> None:
-    events = w.stream(context(), w.router.aliases["m"])
+    events = await w.stream(context(), w.router.aliases["m"])
     async with aclosing(events):
         await anext(events)
         await anext(events)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Generation:
-    events: AsyncIterator[GenerationEvent]
+    events: AsyncGenerator[GenerationEvent, None]
     prompt_tokens: int
     version: str  # of the deployment serving it
     watch: _ClientWatch  # the request's one watcher: `collect` or the stream stops it
@@ -74,7 +74,7 @@ async def start(
 
 async def _first_event(
     request: Request, principal: Principal, body: GenerationRequest, endpoint: str
-) -> tuple[AsyncIterator[GenerationEvent], Started, str]:
+) -> tuple[AsyncGenerator[GenerationEvent, None], Started, str]:
     svc = services(request)
     policy = svc.policy
     alias = svc.inference.catalogue.alias(principal, body.model)
@@ -87,7 +87,7 @@ async def _first_event(
         outcome=request.state.outcome,
     )
     ctx.outcome.model = alias.id
-    events = svc.inference.generate(
+    events = await svc.inference.generate(
         ctx,
         alias,
         GenerationInput(endpoint, body.prompt_input(), body.size_hint()),
@@ -188,7 +188,7 @@ async def _collect(generation: Generation) -> tuple[str, Finished]:
                 return "".join(parts), event
     finally:
         # Closing runs the pipeline's settle-and-record step before we answer.
-        await generation.events.aclose()  # type: ignore[attr-defined]
+        await generation.events.aclose()
     raise InferplaneError("The generation ended without finishing.")
 
 
@@ -259,7 +259,7 @@ class EventStreamResponse(Response):
     def __init__(
         self,
         request: Request,
-        events: AsyncIterator[GenerationEvent],
+        events: AsyncGenerator[GenerationEvent, None],
         fmt: ChunkFormatter,
         watch: _ClientWatch | None = None,  # the request's, from `start` (else one of its own)
     ):
@@ -314,6 +314,6 @@ class EventStreamResponse(Response):
             log.exception("stream failed")
             held.append(_data(InferplaneError("The server had an error while streaming.").body()))
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
         held.append(b"data: [DONE]\n\n")
         await write(held, False)
