@@ -73,12 +73,16 @@ class Router:
                     dep.breaker.half_open_now()
 
     def plan(self, alias: Alias, req: RouteRequest) -> list[tuple[Alias, Deployment]]:
+        """The alias's deployments, then each fallback's, depth first, each alias once.
+        (A loop, not a recursive closure: that was a reference cycle per request, left
+        for the garbage collector with the plan in it.)"""
         out: list[tuple[Alias, Deployment]] = []
         seen: set[str] = set()
-
-        def add(a: Alias) -> None:
+        todo = [alias]
+        while todo:
+            a = todo.pop()
             if a.id in seen:
-                return
+                continue
             seen.add(a.id)
             ordered = order(a.strategy, [d for d in a.deployments if allowed(d, req)])
             if a.by_complexity:
@@ -88,12 +92,8 @@ class Router:
             # Healthy ones first; the others stay in the plan, tried if they recover.
             ready = [d for d in ordered if d.ready(now)]
             out.extend((a, d) for d in ready + [d for d in ordered if d not in ready])
-            for name in a.fallbacks:
-                fallback = self.aliases.get(name)
-                if fallback is not None:
-                    add(fallback)
-
-        add(alias)
+            fallbacks = [self.aliases.get(name) for name in a.fallbacks]
+            todo.extend(f for f in reversed(fallbacks) if f is not None)
         return out
 
 

@@ -470,6 +470,19 @@ def test_fallback_alias_serves_when_every_deployment_of_the_alias_fails() -> Non
     assert res.runs[-1] == ("backup", "c")
 
 
+def test_fallbacks_are_planned_depth_first_each_alias_once() -> None:
+    """main -> [x, y], x -> [z, main], y -> [z]: main's, x's, z's, then y's deployments."""
+    deps = {name: _dep(name, Serve()) for name in ("m", "x", "y", "z")}
+    aliases = {
+        "main": Alias("main", [deps["m"]], fallbacks=["x", "y", "missing"]),
+        "x": Alias("x", [deps["x"]], fallbacks=["z", "main"]),
+        "y": Alias("y", [deps["y"]], fallbacks=["z"]),
+        "z": Alias("z", [deps["z"]]),
+    }
+    plan = Router(aliases).plan(aliases["main"], RouteRequest())
+    assert [(o.id, d.name) for o, d in plan] == [("main", "m"), ("x", "x"), ("z", "z"), ("y", "y")]
+
+
 def test_max_attempts_bounds_retries_and_fallbacks() -> None:
     """max_attempts of the requested alias counts every attempt: retries of one
     deployment and the fallback alias's alike; the last failure reaches the caller."""
