@@ -132,6 +132,40 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Refusals:
+    """What an engine answers to the calls it does not serve: 400 `model_not_supported`
+    naming the model. Engines inherit it and override what they serve (generation:
+    `prepare` and `generate`; embeddings: `count` and `embed`)."""
+
+    @property
+    def name(self) -> str:
+        """The model's name in an error."""
+        raise NotImplementedError
+
+    async def prepare(self, request: GenerationInput) -> Prepared:
+        raise unsupported(self.name, "llm")
+
+    def generate(
+        self,
+        prepared: Prepared,
+        sampling: dict[str, Any],
+        *,
+        endpoint: str,
+        stream: bool,
+        caller: Caller,
+        dispatched: Dispatched,
+    ) -> AsyncIterator[GenerationEvent]:
+        raise unsupported(self.name, "llm")
+
+    async def count(self, inputs: list[str]) -> list[int]:
+        raise unsupported(self.name, "embedding")
+
+    async def embed(
+        self, inputs: list[str], tokens: list[int], caller: Caller, dispatched: Dispatched
+    ) -> Embeddings:
+        raise unsupported(self.name, "embedding")
+
+
 def unsupported(model: str, kind: str) -> InvalidRequest:
     """The error for a request a model cannot serve (`kind`: "llm" or "embedding")."""
     action = "text generation" if kind == "llm" else "embeddings"

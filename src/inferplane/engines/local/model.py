@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from inferplane.config import ModelSpec
-from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Prepared, unsupported
+from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Prepared, Refusals
 from inferplane.engines.local.assets import ModelAsset
 from inferplane.engines.local.fair_queue import FairQueue
 from inferplane.engines.local.prompts import EmbeddingTokens, LlamaPrompts, PreparedPrompt
@@ -30,7 +30,7 @@ _INLINE_TOKENIZE_BYTES = 16_384
 
 
 @dataclass
-class LocalModel:
+class LocalModel(Refusals):
     """What every local model has; `LocalLLM` and `LocalEmbedder` are the engines."""
 
     spec: ModelSpec
@@ -40,6 +40,10 @@ class LocalModel:
 
     @property
     def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def name(self) -> str:
         return self.spec.id
 
     @property
@@ -66,29 +70,6 @@ class LocalModel:
     @property
     def timeout_s(self) -> float | None:
         return None  # its queue and the request's deadline bound the wait
-
-    async def prepare(self, request: GenerationInput) -> Prepared:
-        raise unsupported(self.id, "llm")
-
-    def generate(
-        self,
-        prepared: Prepared,
-        sampling: dict[str, Any],
-        *,
-        endpoint: str,
-        stream: bool,
-        caller: Caller,
-        dispatched: Dispatched,
-    ) -> AsyncIterator[GenerationEvent]:
-        raise unsupported(self.id, "llm")
-
-    async def count(self, inputs: list[str]) -> list[int]:
-        raise unsupported(self.id, "embedding")
-
-    async def embed(
-        self, inputs: list[str], tokens: list[int], caller: Caller, dispatched: Dispatched
-    ) -> Embeddings:
-        raise unsupported(self.id, "embedding")
 
     async def check(self) -> bool:
         return self.worker.ready  # the supervisor pings and restarts it

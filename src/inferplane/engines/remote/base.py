@@ -12,13 +12,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
-from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Prepared, unsupported
-from inferplane.events import Embeddings, GenerationEvent
+from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Prepared, Refusals
+from inferplane.events import GenerationEvent
 
 
-class RemoteEngine:
+class RemoteEngine(Refusals):
     spec: RemoteDeployment
     default_max_tokens: int = 256  # reserved when the caller asks for no limit
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def kind(self) -> str:
@@ -70,11 +74,3 @@ class RemoteEngine:
         prompt_estimate: int,
     ) -> AsyncIterator[GenerationEvent]:
         raise NotImplementedError
-
-    async def count(self, inputs: list[str]) -> list[int]:
-        raise unsupported(self.spec.name, "embedding")
-
-    async def embed(
-        self, inputs: list[str], tokens: list[int], caller: Caller, dispatched: Dispatched
-    ) -> Embeddings:
-        raise unsupported(self.spec.name, "embedding")
