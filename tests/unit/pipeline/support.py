@@ -5,7 +5,6 @@ its memory store, the router and the price book."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,9 +16,15 @@ import sqlalchemy as sa
 from inferplane.cache.responses import Directives, ResponseCache
 from inferplane.cache.store import MemoryStore
 from inferplane.config.routes import Routing
-from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Prepared, unsupported
+from inferplane.engines.interface import (
+    Caller,
+    Dispatched,
+    GenerationInput,
+    Prepared,
+    Refusals,
+)
 from inferplane.errors import BudgetExceeded, InferplaneError
-from inferplane.events import Embeddings, Finished, GenerationEvent, Started, TextDelta
+from inferplane.events import GenerationEvent
 from inferplane.limits.budgets import BudgetScope, BudgetTracker
 from inferplane.limits.memory import MemoryLimiter, Scope
 from inferplane.limits.policy import Budget, Limits
@@ -37,6 +42,7 @@ from inferplane.store.tables import usage_records
 from inferplane.telemetry.ledger import UsageLedger
 from inferplane.telemetry.metrics import Metrics
 from inferplane.tenancy.records import KeyRecord, Principal, TeamRecord
+from tests.unit.scripts import Script, Scripted
 
 # The price of every test model, in USD per million tokens: 1000 nano-USD a prompt
 # token, 2000 a completion token (`PriceVersion.cost_nusd`).
@@ -48,41 +54,6 @@ def cost(prompt_tokens: int, completion_tokens: int) -> int:
 
 
 # --- a scripted engine ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Serve:
-    """Answer in full: Started, one TextDelta per piece, Finished."""
-
-    pieces: tuple[str, ...] = ("Hello", " world")
-
-
-@dataclass(frozen=True)
-class FailBefore:
-    """Fail before the first token (after Started, as an upstream's 5xx would)."""
-
-    exc: InferplaneError
-
-
-@dataclass(frozen=True)
-class FailAfter:
-    """Deliver `pieces`, then break mid-stream."""
-
-    pieces: tuple[str, ...]
-    exc: InferplaneError
-
-
-@dataclass(frozen=True)
-class Queued:
-    """Wait in the model's queue until `gate` is set (never dispatched before), then
-    answer in full."""
-
-    gate: asyncio.Event
-    pieces: tuple[str, ...] = ("Hello", " world")
-    waiting: asyncio.Event = field(default_factory=asyncio.Event)  # set once it waits
-
-
-Script = Serve | FailBefore | FailAfter | Queued
 
 
 def words(prompt: dict[str, Any]) -> int:
@@ -100,7 +71,7 @@ class Generated:
     caller: Caller
 
 
-class ScriptedEngine:
+class ScriptedEngine(Scripted, Refusals):
     """An engine whose `generate` calls follow a script, one outcome per call. With
     `counts`, `prepare` counts words (a tokenizer); without, it estimates as a remote
     adapter does. `refuse` makes `prepare` raise (a prompt too long for it)."""
@@ -113,14 +84,17 @@ class ScriptedEngine:
         dropped_turns: int = 0,
         refuse: InferplaneError | None = None,
     ):
-        self.name = name
-        self.script = list(script)
+        super().__init__(name, list(script))
+        self._name = name
         self._counts = counts
         self._dropped = dropped_turns
         self._refuse = refuse
         self.prepares: list[GenerationInput] = []
         self.generates: list[Generated] = []
-        self.closed = 0  # streams that ran their cleanup
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     @property
     def kind(self) -> str:
@@ -157,36 +131,7 @@ class ScriptedEngine:
         dispatched: Dispatched,
     ) -> AsyncIterator[GenerationEvent]:
         self.generates.append(Generated(prepared, sampling, caller))
-        assert self.script, f"{self.name} was asked more often than scripted"
-        return self._events(prepared.prompt_tokens, self.script.pop(0), dispatched)
-
-    async def _events(
-        self, prompt_tokens: int, outcome: Script, dispatched: Dispatched
-    ) -> AsyncIterator[GenerationEvent]:
-        try:
-            await asyncio.sleep(0)  # a model answers after some I/O
-            if isinstance(outcome, Queued):
-                outcome.waiting.set()
-                await outcome.gate.wait()
-            dispatched(prompt_tokens)
-            yield Started(prompt_tokens)
-            if isinstance(outcome, FailBefore):
-                raise outcome.exc
-            for n, piece in enumerate(outcome.pieces, 1):
-                yield TextDelta(piece, tokens_so_far=n)
-            if isinstance(outcome, FailAfter):
-                raise outcome.exc
-            yield Finished("stop", prompt_tokens, len(outcome.pieces))
-        finally:
-            self.closed += 1
-
-    async def count(self, inputs: list[str]) -> list[int]:
-        raise unsupported(self.name, "embedding")
-
-    async def embed(
-        self, inputs: list[str], tokens: list[int], caller: Caller, dispatched: Dispatched
-    ) -> Embeddings:
-        raise unsupported(self.name, "embedding")
+        return self.play(prepared.prompt_tokens, dispatched)
 
     async def check(self) -> bool:
         return True

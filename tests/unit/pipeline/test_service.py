@@ -17,12 +17,7 @@ from inferplane.limits.policy import Limits
 from tests.unit.pipeline.support import (
     KEY_LIMITS,
     SAMPLING,
-    FailAfter,
-    FailBefore,
-    Queued,
-    Script,
     ScriptedEngine,
-    Serve,
     World,
     alias,
     chat,
@@ -32,6 +27,7 @@ from tests.unit.pipeline.support import (
     principal,
     world,
 )
+from tests.unit.scripts import FailAfter, FailBefore, Queued, Script, Serve
 
 
 def _texts(events: Sequence[GenerationEvent]) -> list[str]:

@@ -19,7 +19,6 @@ from inferplane.pipeline.context import RequestContext
 from inferplane.pipeline.stages import run_inputs, run_outputs
 from tests.unit.pipeline.support import (
     ScriptedEngine,
-    Serve,
     alias,
     chat,
     context,
@@ -28,6 +27,7 @@ from tests.unit.pipeline.support import (
     words,
     world,
 )
+from tests.unit.scripts import Serve
 
 
 class Replace:

@@ -26,48 +26,22 @@ from inferplane.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.router import Attempts, Router, attempts
 from inferplane.routing.strategies import RouteRequest
+from tests.unit.scripts import FailAfter, FailBefore, Hang, Script, Scripted, Serve
 
 # --- a scripted remote engine -------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Serve:
-    """Answer in full: Started, one TextDelta per piece, Finished."""
-
-    pieces: tuple[str, ...] = ("Hello", " world")
-
-
-@dataclass(frozen=True)
-class FailBefore:
-    """Fail before the first token (after Started, as an upstream's 5xx would)."""
-
-    exc: InferplaneError
-
-
-@dataclass(frozen=True)
-class FailAfter:
-    """Deliver `pieces`, then break mid-stream."""
-
-    pieces: tuple[str, ...]
-    exc: InferplaneError
-
-
-@dataclass(frozen=True)
-class Hang:
-    """Never answer."""
-
-
-Outcome = Serve | FailBefore | FailAfter | Hang
+Outcome = Script
 
 
 def _err(reason: str, retry_after: float | None = None) -> UpstreamError:
     return UpstreamError(f"upstream said {reason}", reason=reason, retry_after=retry_after)
 
 
-class FakeEngine(RemoteEngine):
+class FakeEngine(Scripted, RemoteEngine):
     """A remote engine whose calls follow a script, one outcome per call."""
 
     def __init__(self, name: str, outcomes: list[Outcome], **spec: Any):
+        super().__init__(name, list(outcomes))
         self.spec = RemoteDeployment.model_validate(
             {
                 "name": name,
@@ -77,9 +51,7 @@ class FakeEngine(RemoteEngine):
                 **spec,
             }
         )
-        self.script = list(outcomes)
         self.calls: list[float] = []  # time.monotonic() of each request()
-        self.closed = 0  # streams that ran their cleanup
 
     def request(
         self,
@@ -91,25 +63,7 @@ class FakeEngine(RemoteEngine):
         prompt_estimate: int,
     ) -> AsyncIterator[GenerationEvent]:
         self.calls.append(time.monotonic())
-        assert self.script, f"{self.spec.name} was asked more often than scripted"
-        return self._events(self.script.pop(0))
-
-    async def _events(self, outcome: Outcome) -> AsyncIterator[GenerationEvent]:
-        try:
-            await asyncio.sleep(0)  # an upstream answers after some I/O
-            if isinstance(outcome, Hang):
-                await asyncio.Event().wait()  # until the attempt is cancelled
-                return
-            yield Started(prompt_tokens=3)
-            if isinstance(outcome, FailBefore):
-                raise outcome.exc
-            for n, piece in enumerate(outcome.pieces, 1):
-                yield TextDelta(piece, tokens_so_far=n)
-            if isinstance(outcome, FailAfter):
-                raise outcome.exc
-            yield Finished("stop", prompt_tokens=3, completion_tokens=len(outcome.pieces))
-        finally:
-            self.closed += 1
+        return self.play(prompt_tokens=3)
 
     async def check(self) -> bool:
         return True

@@ -16,6 +16,7 @@ from inferplane.events import Finished, GenerationEvent, TextDelta
 from inferplane.routing.breaker import CLOSED, CircuitBreaker
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.routing.router import Attempts, attempts
+from tests.unit.loopback import Loopback, read_request
 
 
 def _completion(text: str) -> bytes:
@@ -27,32 +28,17 @@ def _completion(text: str) -> bytes:
     ).encode()
 
 
-class Upstream:
+class Upstream(Loopback):
     """Answers every chat completion with `text`; counts the requests."""
 
     def __init__(self, text: str):
         self.body = _completion(text)
         self.requests = 0
 
-    async def __aenter__(self) -> Upstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(h.split(b":")[1])
-                    for h in head.split(b"\r\n")
-                    if h.lower().startswith(b"content-length")
-                )
-                await reader.readexactly(length)
+                await read_request(reader)
                 self.requests += 1
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(self.body))
                 writer.write(self.body)

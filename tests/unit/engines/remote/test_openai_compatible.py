@@ -10,6 +10,7 @@ from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
 from inferplane.errors import UpstreamError
 from inferplane.events import Finished, GenerationEvent, Started, TextDelta
+from tests.unit.loopback import Loopback, read_request
 
 
 def _event(obj: object) -> bytes:
@@ -21,31 +22,15 @@ def _delta(text: str) -> bytes:
     return _event({"choices": [{"index": 0, "delta": {"content": text}}]})
 
 
-class BurstUpstream:
+class BurstUpstream(Loopback):
     """Streams three deltas, waits until `release` is set, then two more, a usage-only
     chunk (no event) and [DONE]: two bursts, as a real upstream's reads would come."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
-        self.port = 0
-
-    async def __aenter__(self) -> BurstUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(h.split(b":")[1])
-            for h in head.split(b"\r\n")
-            if h.lower().startswith(b"content-length")
-        )
-        await reader.readexactly(length)
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
         writer.write(_delta("a") + _delta("b") + _delta("c") + _event({"choices": []}))
         await writer.drain()
@@ -91,31 +76,15 @@ async def _texts_in_hand_together() -> None:
     assert got[-1] == Finished("stop", 3, 5)
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(Loopback):
     """Answers every request with one fixed response (`body` sent chunked, in one write,
     when `chunked`), then closes the connection."""
 
     def __init__(self, body: bytes, *, status: int = 200, chunked: bool = True) -> None:
         self.body, self.status, self.chunked = body, status, chunked
-        self.port = 0
-
-    async def __aenter__(self) -> ScriptedUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(h.split(b":")[1])
-            for h in head.split(b"\r\n")
-            if h.lower().startswith(b"content-length")
-        )
-        await reader.readexactly(length)
+        await read_request(reader)
         if self.chunked:
             framing = b"transfer-encoding: chunked"
             payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(self.body), self.body)

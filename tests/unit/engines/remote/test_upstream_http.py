@@ -9,49 +9,25 @@ import pytest
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.remote.upstream_http import Egress, UpstreamHTTP
 from inferplane.errors import UpstreamError
+from tests.unit.loopback import Loopback, read_request
 
 BODY = b'{"ok": true}'
 
 
-class Server:
+class Server(Loopback):
     """Answers each request with BODY (or a chunked SSE stream for "stream" bodies);
     with `close_after`, closes every connection after that many answers."""
 
     def __init__(self, close_after: int | None = None):
         self.connections = 0
         self.close_after = close_after
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._writers.append(writer)
         answered = 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(h.split(b":")[1])
-                        for h in head.split(b"\r\n")
-                        if h.lower().startswith(b"content-length")
-                    ),
-                    0,
-                )
-                body = await reader.readexactly(length)
+                _, body = await read_request(reader)
                 if b"stream" in body:
                     events = b"".join(b"data: %d\n\n" % i for i in range(3)) + b"data: [DONE]\n\n"
                     chunk = b"%x\r\n%s\r\n" % (len(events), events)
