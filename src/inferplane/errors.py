@@ -2,6 +2,7 @@
 
     InferplaneError                      500 api_error          (anything unexpected)
     ├── InvalidRequest                   400 invalid_request_error (carries `param`)
+    │   ├── UnsupportedParameter         400 unsupported_parameter (one a model cannot honour)
     │   └── ContextLengthExceeded        400 code=context_length_exceeded
     │       ├── PromptBytesOverContext       (refused by its bytes, before tokenizing)
     │       └── MaxTokensOverContext         400 invalid_value (max_tokens >= the context)
@@ -69,6 +70,19 @@ class InvalidRequest(InferplaneError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_value"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A parameter, or a value of it (`value`: "above 1"), that the model cannot honour:
+    refused by name, never dropped."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, value: str | None = None):
+        what = f"'{param}' {value}" if value else f"'{param}'"
+        super().__init__(
+            f"Unsupported parameter: {what} is not supported with this model.", param=param
+        )
 
 
 class ContextLengthExceeded(InvalidRequest):

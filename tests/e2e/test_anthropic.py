@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import openai
 import pytest
 
 from tests.e2e.fake_anthropic import API_KEY, FakeAnthropic
@@ -294,3 +295,24 @@ def test_removing_a_deployment_lets_its_running_stream_finish(setup: Setup) -> N
             json={"model": "claude-rt", "messages": [{"role": "user", "content": "x"}]},
         )
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("seed", 7), ("presence_penalty", 0.5), ("frequency_penalty", -0.5), ("temperature", 1.5)],
+)
+def test_what_anthropic_cannot_honour_is_refused_by_name(
+    setup: Setup, param: str, value: float
+) -> None:
+    """Its Messages API has no seed and no penalties, and its temperature ends at 1:
+    400 naming the parameter, nothing sent upstream (never sent with it dropped)."""
+    sent = len(setup.fake.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        setup.server.client().chat.completions.create(
+            model="claude",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            **{param: value},
+        )
+    assert caught.value.param == param
+    assert caught.value.code == "unsupported_parameter"
+    assert len(setup.fake.requests) == sent

@@ -15,11 +15,11 @@ on a caller who leaves is charged what was used.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from inferplane.errors import InvalidRequest
+from inferplane.errors import InvalidRequest, UnsupportedParameter
 from inferplane.events import Embeddings, GenerationEvent
 
 Dispatched = Callable[[int], None]
@@ -101,6 +101,11 @@ class Engine(Protocol):
         deadline bounds it)."""
         ...
 
+    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+        """Why this engine cannot honour the request's sampling parameters (the first it
+        cannot), or None: routing leaves such a deployment out."""
+        ...
+
     async def prepare(self, request: GenerationInput) -> Prepared: ...
 
     def generate(
@@ -141,6 +146,9 @@ class Refusals:
     def name(self) -> str:
         """The model's name in an error."""
         raise NotImplementedError
+
+    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+        return None  # every parameter the API accepts
 
     async def prepare(self, request: GenerationInput) -> Prepared:
         raise unsupported(self.name, "llm")

@@ -4,7 +4,9 @@ may serve it, in what order.
 The prompt is counted by the alias's first engine with a tokenizer (a local model),
 else estimated from its bytes; the count is what admission reserves and what the
 router's size rules read. The data policy's strictest class (the request's header, its
-key's, its team's) says which deployments may see it at all. The complexity classifier,
+key's, its team's) says which deployments may see it at all; a deployment whose engine
+cannot honour one of its sampling parameters is left out too (none left: 400 naming
+the parameter, never a request sent with it dropped). The complexity classifier,
 if the alias has one, may then reorder the plan towards `large` deployments: it runs
 after admission and the cache lookup, so a refused or cached request costs no embedding.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferplane.engines.interface import Engine, GenerationInput, Prepared
 from inferplane.errors import ContextLengthExceeded, NoDeployment
@@ -37,6 +41,7 @@ class Plan:
     prompt_tokens: int
     max_tokens: int  # the completion tokens to reserve
     prepared: dict[int, Prepared] = field(default_factory=dict)  # by id(engine)
+    sampling: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def versions(self) -> frozenset[str]:
@@ -71,6 +76,7 @@ class Planner:
         alias: Alias,
         request: GenerationInput,
         asked: RouteRequest | None,
+        sampling: Mapping[str, Any] | None = None,
     ) -> Plan:
         """The prompt counted (by the first local deployment's tokenizer, else a byte
         estimate), the deployments that may serve it, and the max_tokens to reserve."""
@@ -87,10 +93,12 @@ class Planner:
             region=asked.region if asked else None,
             prompt_tokens=prompt_tokens,
         )
+        sampling = sampling or {}
         deployments = self.router.plan(alias, route)
         if not deployments:
             raise NoDeployment(alias.id)
-        plan = Plan(request, route, deployments, prompt_tokens, max_tokens, prepared)
+        deployments = _honouring(deployments, sampling)
+        plan = Plan(request, route, deployments, prompt_tokens, max_tokens, prepared, sampling)
         # Engines without a tokenizer are prepared now (no work but a dict): their
         # attempts then start without another step.
         for _, dep in deployments:
@@ -132,4 +140,21 @@ class Planner:
         self._metrics.route_complexity.labels(alias.id, "large" if large else "small").inc()
         if large:
             route = dataclasses.replace(plan.route, complex=True)
-            plan.deployments = self.router.plan(alias, route)
+            plan.deployments = _honouring(self.router.plan(alias, route), plan.sampling)
+
+
+def _honouring(
+    deployments: list[tuple[Alias, Deployment]], sampling: Mapping[str, Any]
+) -> list[tuple[Alias, Deployment]]:
+    """The deployments whose engines honour every sampling parameter; if there were
+    some and none does, the first refusal is raised."""
+    honouring, refusal = [], None
+    for owner, dep in deployments:
+        refused = dep.engine.refusal(sampling)
+        if refused is None:
+            honouring.append((owner, dep))
+        else:
+            refusal = refusal or refused
+    if refusal is not None and not honouring:
+        raise refusal
+    return honouring

@@ -106,7 +106,7 @@ class InferenceService:
         admission = await self._admitter.enter(ctx, alias.id, scopes) if two_steps else None
         try:
             request = await run_inputs(self._inputs, ctx, request)
-            plan = await self._planner.plan(ctx, alias, request, route)
+            plan = await self._planner.plan(ctx, alias, request, route, sampling)
             n_prompt, n_out = plan.prompt_tokens, plan.max_tokens
             if admission is None:
                 admission = await self._admitter.admit(ctx, alias.id, scopes, n_prompt, n_out)

@@ -5,13 +5,20 @@ classifier's say."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
 
 from inferplane.config.policy import PolicySettings
 from inferplane.engines.interface import GenerationInput
-from inferplane.errors import ContextLengthExceeded, NoDeployment, PermissionDenied
+from inferplane.errors import (
+    ContextLengthExceeded,
+    NoDeployment,
+    PermissionDenied,
+    UnsupportedParameter,
+)
 from inferplane.pipeline.planning import Plan, Planner
 from inferplane.routing.complexity import ComplexityClassifier
 from inferplane.routing.deployments import Alias
@@ -221,3 +228,27 @@ def test_a_prompt_over_the_threshold_needs_no_classifier() -> None:
     target = _complex_alias(ComplexityClassifier(embed, LARGE, SMALL), complexity_tokens=3)
     assert _by_complexity(target, chat("hi there you all"), metrics) == ["large", "small"]
     assert embed.calls == []
+
+
+class _NoSeed(ScriptedEngine):
+    """An engine whose API has no seed (as Anthropic's)."""
+
+    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+        return UnsupportedParameter("seed") if sampling.get("seed") is not None else None
+
+
+def test_a_deployment_that_cannot_honour_a_parameter_is_left_out() -> None:
+    target = alias(deployment(_NoSeed("no-seed")), deployment(ScriptedEngine("any")))
+    ctx = context()
+    plan = asyncio.run(_planner(target).plan(ctx, target, REQUEST, None, {"seed": 7}))
+    assert _names(plan) == ["any"]
+    plan = asyncio.run(_planner(target).plan(ctx, target, REQUEST, None, {"seed": None}))
+    assert sorted(_names(plan)) == ["any", "no-seed"]
+
+
+def test_none_can_honour_it_400_naming_it() -> None:
+    target = alias(deployment(_NoSeed("no-seed")))
+    with pytest.raises(UnsupportedParameter) as caught:
+        asyncio.run(_planner(target).plan(context(), target, REQUEST, None, {"seed": 7}))
+    assert (caught.value.status, caught.value.param) == (400, "seed")
+    assert caught.value.code == "unsupported_parameter"

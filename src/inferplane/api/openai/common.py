@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Self
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inferplane.api.openai.parameters import refuse_unsupported
 from inferplane.api.services import services
 from inferplane.engines.local.model import LocalModel
 from inferplane.errors import InvalidRequest
@@ -44,6 +46,11 @@ RequestMetadata = Annotated[
 
 
 class SamplingRequest(_Request):
+    # Fields outside the schema are kept (`model_extra`) to refuse those that change the
+    # answer when no engine here honours them (`parameters.py`); the others are ignored.
+    model_config = ConfigDict(extra="allow")
+    unsupported: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+
     model: ModelName
     max_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
@@ -57,6 +64,13 @@ class SamplingRequest(_Request):
     stream_options: StreamOptions | None = None
     user: EndUser | None = None
     metadata: RequestMetadata | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> Self:
+        # An InvalidRequest is not a validation error: pydantic lets it through.
+        if self.model_extra:
+            refuse_unsupported(self.model_extra, self.unsupported)
+        return self
 
     @field_validator("stop")
     @classmethod

@@ -11,14 +11,14 @@ Streams: `content_block_delta` text deltas become tokens; an `error` event ends 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.remote.base import RemoteEngine
 from inferplane.engines.remote.openai_compatible import parse_json, status_error
 from inferplane.engines.remote.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
-from inferplane.errors import UpstreamError
+from inferplane.errors import UnsupportedParameter, UpstreamError
 from inferplane.events import (
     Finished,
     GenerationEvent,
@@ -93,6 +93,18 @@ class AnthropicEngine(RemoteEngine):
             yield TextDelta(text, completion)
         yield Finished(finish, prompt, completion)
 
+    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+        """Anthropic's Messages API has no seed and no penalties, and its temperature
+        ends at 1 (OpenAI's at 2)."""
+        if sampling.get("seed") is not None:
+            return UnsupportedParameter("seed")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if sampling.get(name):
+                return UnsupportedParameter(name)
+        if (sampling.get("temperature") or 0) > 1:
+            return UnsupportedParameter("temperature", "above 1")
+        return None
+
     def _body(
         self, prompt_input: dict[str, Any], sampling: dict[str, Any], stream: bool
     ) -> dict[str, Any]:
@@ -124,7 +136,7 @@ class AnthropicEngine(RemoteEngine):
         if prompt_input.get("stop"):
             body["stop_sequences"] = list(prompt_input["stop"])
         if sampling.get("temperature") is not None:
-            body["temperature"] = min(1.0, float(sampling["temperature"]))  # its range: 0-1
+            body["temperature"] = float(sampling["temperature"])  # at most 1: `refusal`
         if sampling.get("top_p") is not None and sampling["top_p"] < 1:
             body["top_p"] = sampling["top_p"]
         return body

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferplane.api.openai.common import SamplingRequest, TokenCount
+from inferplane.api.openai.parameters import CHAT_UNSUPPORTED
 
 
 class TextPart(BaseModel):
@@ -30,6 +31,8 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingRequest):
+    unsupported = CHAT_UNSUPPORTED
+
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: TokenCount | None = None
 

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 
 from inferplane.api.openai.common import SamplingRequest
+from inferplane.api.openai.parameters import COMPLETIONS_UNSUPPORTED
 
 
 class CompletionRequest(SamplingRequest):
+    unsupported = COMPLETIONS_UNSUPPORTED
     # One prompt per request (n=1); a one-element list is accepted as OpenAI's SDKs send it.
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     echo: bool = False
