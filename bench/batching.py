@@ -4,14 +4,16 @@ and 16 concurrent streams, in one run, for
   (b) llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`), same GGUF,
   (c) the raw batched-decode limit: a loop over `llama_decode` with B sequences and no
       server at all.
-Each of N closed-loop clients streams distinct prompts back to back for SECONDS, with
-greedy decoding of 0.5x to 1.5x `--tokens` tokens, as serving benchmarks with a fixed
+Each of N closed-loop clients streams distinct prompts back to back for SECONDS,
+decoding 0.5x to 1.5x `--tokens` tokens, greedy or sampled (`--mixes`: inferplane runs
+each; sampled is temperature 0.8 and top_p 0.95, what most applications send; the raw
+loop and llama_cpp.server decode greedily), as serving benchmarks with a fixed
 concurrency do (vLLM's `--max-concurrency`): after the first wave, in which all N
 requests arrive at once, requests reach the server at staggered times. Throughput counts
 the tokens received within the window; time to first token is reported for the first
 wave and for the steady state after it.
 
-    .venv/bin/python bench/batching.py [--tokens 96]
+    .venv/bin/python bench/batching.py [--tokens 96] [--mixes greedy,sampled]
 """
 
 from __future__ import annotations
@@ -41,10 +43,19 @@ from tests.e2e.server import free_port, running_server  # noqa: E402
 
 STREAMS = (1, 4, 8, 16)
 SECONDS = 20.0
+MIXES: dict[str, dict[str, float]] = {
+    "greedy": {"temperature": 0.0},
+    "sampled": {"temperature": 0.8, "top_p": 0.95},
+}
 
 
 def clients_run(
-    client: openai.OpenAI, model: str, streams: int, tokens: int, seconds: float = SECONDS
+    client: openai.OpenAI,
+    model: str,
+    streams: int,
+    tokens: int,
+    seconds: float = SECONDS,
+    sampling: dict[str, float] = MIXES["greedy"],
 ) -> tuple[float, float, float, float]:
     """(aggregate completion tokens/s, median TTFT of the first wave, of the later
     requests, of all requests) for `streams` closed-loop clients sending requests for
@@ -68,8 +79,8 @@ def clients_run(
                 model=model,
                 prompt=f"{i + r}, {i + r + 1}, {i + r + 2},",
                 max_tokens=length,
-                temperature=0,
                 stream=True,
+                **sampling,  # type: ignore[arg-type]
             ) as stream:
                 for chunk in stream:
                     now = time.perf_counter()
@@ -201,37 +212,49 @@ def llama_cpp_server(gguf: Path, tokens: int) -> dict[int, tuple[float, float, f
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--mixes", default="greedy,sampled")
     args = parser.parse_args()
+    mixes = args.mixes.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         gguf = provision(load_settings(env={}).models[0], data).path
+        ours: dict[str, dict[int, tuple[float, float, float, float]]] = {}
         with running_server(data) as server:
             client = server.client(timeout=600)
             clients_run(client, "gemma-3-270m", 2, 8, seconds=2)  # warm-up
-            ours = {n: clients_run(client, "gemma-3-270m", n, args.tokens) for n in STREAMS}
+            for mix in mixes:
+                ours[mix] = {
+                    n: clients_run(client, "gemma-3-270m", n, args.tokens, sampling=MIXES[mix])
+                    for n in STREAMS
+                }
         theirs = llama_cpp_server(gguf, args.tokens)
         raw = {n: raw_limit(gguf, n, args.tokens) for n in STREAMS}
     print(f"machine: {describe()}")
     print(
-        f"gemma-3-270m Q4_K_M; N clients stream greedy completions back to back for "
+        f"gemma-3-270m Q4_K_M; N clients stream completions back to back for "
         f"{SECONDS:.0f} s, {args.tokens // 2}-{args.tokens * 3 // 2} tokens each"
     )
     print("tokens/s; TTFT ms: median of the first wave (all N arrive at once) / the rest")
-    print(f"  {'streams':>7}  {'inferplane':>26}  {'llama_cpp.server':>26}  {'raw batched':>11}")
+    head = "".join(f"  {'inferplane ' + mix:>26}" for mix in mixes)
+    print(f"  {'streams':>7}{head}  {'llama_cpp.server':>26}  {'raw batched':>11}")
     for n in STREAMS:
-        (r, w, t, _), (r2, w2, t2, _) = ours[n], theirs[n]
-        print(
-            f"  {n:>7}  {r:8.1f} ({w * 1000:6.1f} /{t * 1000:6.1f})"
-            f"  {r2:8.1f} ({w2 * 1000:6.1f} /{t2 * 1000:6.1f})  {raw[n]:11.1f}"
+        cells = "".join(
+            f"  {r:8.1f} ({w * 1000:6.1f} /{t * 1000:6.1f})"
+            for r, w, t, _ in (ours[mix][n] for mix in mixes)
         )
-    r1, _, t1, _ = ours[1]
-    r8, w8, t8, a8 = ours[8]
-    print(
-        f"  at 8 streams: {r8 / r1:.2f}x inferplane's single stream (aim >= 2.5), "
-        f"{r8 / raw[8]:.2f}x the raw limit (aim >= 0.8), {r8 / theirs[8][0]:.2f}x "
-        f"llama_cpp.server (aim >= 2.5); median TTFT {a8 / t1:.2f}x single over all "
-        f"requests (aim < 2): {t8 / t1:.2f}x after the first wave, {w8 / t1:.2f}x in it"
-    )
+        r2, w2, t2, _ = theirs[n]
+        print(f"  {n:>7}{cells}  {r2:8.1f} ({w2 * 1000:6.1f} /{t2 * 1000:6.1f})  {raw[n]:11.1f}")
+    for mix in mixes:
+        r1, _, t1, _ = ours[mix][1]
+        r8, w8, t8, a8 = ours[mix][8]
+        r16 = ours[mix][16][0]
+        print(
+            f"  {mix}: {r1 / raw[1]:.2f}x the raw limit at 1 stream, {r8 / raw[8]:.2f}x at 8, "
+            f"{r16 / raw[16]:.2f}x at 16; at 8 streams {r8 / r1:.2f}x inferplane's single "
+            f"stream, {r8 / theirs[8][0]:.2f}x llama_cpp.server; median TTFT {a8 / t1:.2f}x "
+            f"single over all requests: {t8 / t1:.2f}x after the first wave, "
+            f"{w8 / t1:.2f}x in it"
+        )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ Each iteration of the scheduler loop:
      not wait for a full batched step;
   3. runs one `llama_decode` over the batch;
   4. samples, per sequence: the argmax of its logits row when greedy, else its own
-     llama.cpp sampler chain (temperature, top_p,
-     penalties, seed) from its logits row, and emits, stops or finishes it;
+     token picker (`sampler`: penalties, top_p, temperature, seed) on that row, and
+     emits, stops or finishes it;
   5. frees the KV cells of finished and cancelled sequences at once.
 
 About twice a second while busy (and once on going idle) the engine reports what its
@@ -21,7 +21,7 @@ steps did (`stats` events: counts, seconds, tokens, batch sizes, slots in use) f
 gateway's metrics.
 
 Beside this module: `slots` (a running request's state, and which free slot a new one
-takes), `sampling` (a request's sampler chain), `stats` (the step figures reported).
+takes), `sampler` (how a request picks tokens), `stats` (the step figures reported).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from inferplane.config import ModelSpec
 from inferplane.engines.worker import protocol
 from inferplane.engines.worker.base import EngineBase
 from inferplane.engines.worker.protocol import Channel
-from inferplane.engines.worker.sampling import sampler_chain
+from inferplane.engines.worker.sampler import TokenPicker
 from inferplane.engines.worker.slots import Slot, pick_slot
 from inferplane.engines.worker.stats import REPORT_EVERY_S, StepStats
 from inferplane.engines.worker.stops import StopMatcher
@@ -169,7 +169,7 @@ class LlamaCppEngine(EngineBase):
                 prompt=tokens,
                 max_tokens=min(op.max_tokens, self._n_ctx - len(tokens)),
                 stops=StopMatcher(op.stop),
-                sampler=sampler_chain(self._L, self._n_vocab, op.sampling),
+                picker=TokenPicker(op.sampling),
                 lstrip=op.lstrip,
                 scope=op.scope,
                 prefilled=reuse,
@@ -299,12 +299,10 @@ class LlamaCppEngine(EngineBase):
             self._last_decode_nodes = self._nodes
         self._stats.step(took, n - decoded, decoded, len(outputs))
         for slot, index in outputs:
-            if slot.sampler is None:  # greedy: the row's argmax (see `sampler_chain`)
-                row = L.llama_get_logits_ith(self._ctx.ctx, index)
-                token = np.ctypeslib.as_array(row, shape=(self._n_vocab,)).argmax()
-            else:
-                token = L.llama_sampler_sample(slot.sampler, self._ctx.ctx, index)
-            self._on_token(slot, int(token))
+            logits = L.llama_get_logits_ith(self._ctx.ctx, index)
+            row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+            picker = slot.picker
+            self._on_token(slot, int(row.argmax()) if picker.greedy else picker.pick(row))
 
     def _on_token(self, slot: Slot, token: int) -> None:
         if self._L.llama_vocab_is_eog(self._vocab, token):
@@ -340,6 +338,4 @@ class LlamaCppEngine(EngineBase):
             self._cached[slot.seq_id] = (slot.scope, slot.prompt[: slot.prefilled])
         else:
             L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, -1, -1)
-        if slot.sampler is not None:
-            L.llama_sampler_free(slot.sampler)
         del self._slots[slot.seq_id]

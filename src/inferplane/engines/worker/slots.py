@@ -13,8 +13,8 @@ import codecs
 import itertools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from inferplane.engines.worker.sampler import TokenPicker
 from inferplane.engines.worker.stops import StopMatcher
 
 # Shorter shared prefixes are recomputed: cheap, and the slot stays free for a longer one.
@@ -30,7 +30,7 @@ class Slot:
     prompt: list[int]
     max_tokens: int
     stops: StopMatcher
-    sampler: Any
+    picker: TokenPicker
     lstrip: bool
     scope: str  # whose prompt this is: cached prefixes are reused only within a scope
     prefilled: int = 0  # prompt tokens already in the KV cache

@@ -1,0 +1,155 @@
+"""The numpy token picker draws from the same distribution as llama.cpp's sampler chain
+(tested statistically on fixed logits, against the chain itself), is reproducible with
+a seed, and penalises exactly as llama.cpp's penalties sampler."""
+
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+from typing import Any
+
+import llama_cpp as L
+import numpy as np
+import pytest
+from scipy.stats import chi2_contingency
+
+from inferplane.engines.worker.protocol import Sampling
+from inferplane.engines.worker.sampler import TokenPicker
+
+VOCAB = 48
+DRAWS = 20_000
+
+
+def _logits(seed: int, scale: float = 2.5) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(size=VOCAB) * scale).astype(np.float32)
+
+
+def _chain(params: Sampling, *, penalties: bool = False) -> Any:
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    if penalties:
+        L.llama_sampler_chain_add(
+            chain,
+            L.llama_sampler_init_penalties(
+                VOCAB, 64, 1.0, params.frequency_penalty, params.presence_penalty
+            ),
+        )
+    if params.temperature <= 0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        return chain
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(params.temperature))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(params.seed or 0))
+    return chain
+
+
+def _llama_pick(chain: Any, row: np.ndarray) -> int:
+    """What llama.cpp's chain picks from `row` (and accepts into its history)."""
+    data = (L.llama_token_data * len(row))(
+        *(L.llama_token_data(i, float(v), 0.0) for i, v in enumerate(row))
+    )
+    array = L.llama_token_data_array(
+        data=ctypes.cast(data, ctypes.POINTER(L.llama_token_data)),
+        size=len(row),
+        selected=-1,
+        sorted=False,
+    )
+    L.llama_sampler_apply(chain, ctypes.byref(array))
+    token = int(array.data[array.selected].id)
+    L.llama_sampler_accept(chain, token)
+    return token
+
+
+def _same_distribution(a: Counter[int], b: Counter[int]) -> float:
+    """The chi-square test's p-value that two samples come from one distribution
+    (tokens drawn fewer than 20 times in both pooled into one column)."""
+    tokens = sorted(set(a) | set(b))
+    rare = [t for t in tokens if a[t] + b[t] < 20]
+    columns = [[a[t], b[t]] for t in tokens if t not in rare]
+    if rare:
+        columns.append([sum(a[t] for t in rare), sum(b[t] for t in rare)])
+    return float(chi2_contingency(np.array(columns).T).pvalue)
+
+
+CASES = [
+    Sampling(temperature=0.8, top_p=0.95, seed=1),
+    Sampling(temperature=1.0, top_p=1.0, seed=2),
+    Sampling(temperature=1.5, top_p=0.5, seed=3),
+    Sampling(temperature=0.3, top_p=1.0, seed=4),
+]
+
+
+@pytest.mark.parametrize("params", CASES, ids=lambda p: f"T{p.temperature}-p{p.top_p}")
+def test_the_same_distribution_as_llama_cpps_chain(params: Sampling) -> None:
+    row = _logits(params.seed or 0)
+    chain = _chain(params)
+    try:
+        theirs = Counter(_llama_pick(chain, row) for _ in range(DRAWS))
+    finally:
+        L.llama_sampler_free(chain)
+    picker = TokenPicker(params)
+    ours = Counter(picker.pick(row) for _ in range(DRAWS))
+    assert _same_distribution(ours, theirs) > 1e-3
+
+
+def test_the_comparison_tells_a_different_distribution_apart() -> None:
+    """The test above can fail: temperature applied before top-p (the other common
+    order) is a different distribution, and the same number of draws shows it."""
+    params = Sampling(temperature=0.5, top_p=0.8, seed=5)
+    row = _logits(5)
+    chain = _chain(params)
+    try:
+        theirs = Counter(_llama_pick(chain, row) for _ in range(DRAWS))
+    finally:
+        L.llama_sampler_free(chain)
+    tempered_first = TokenPicker(Sampling(temperature=1.0, top_p=0.8, seed=5))
+    ours = Counter(tempered_first.pick(row / 0.5) for _ in range(DRAWS))
+    assert _same_distribution(ours, theirs) < 1e-6
+
+
+def test_a_seed_gives_the_same_tokens_again() -> None:
+    rows = [_logits(i, scale=1.0) for i in range(50)]
+
+    def run(seed: int) -> list[int]:
+        picker = TokenPicker(Sampling(temperature=1.0, top_p=0.9, seed=seed))
+        return [picker.pick(row) for row in rows]
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+
+
+def test_the_row_is_not_modified() -> None:
+    row = _logits(3)
+    before = row.copy()
+    picker = TokenPicker(Sampling(temperature=0.7, frequency_penalty=1.0, presence_penalty=0.5))
+    for _ in range(10):
+        picker.pick(row)
+    assert np.array_equal(row, before)
+
+
+@pytest.mark.parametrize(("frequency", "presence"), [(0.8, 0.0), (0.0, 1.5), (0.5, -0.4)])
+def test_penalties_as_llama_cpps(frequency: float, presence: float) -> None:
+    """Greedy decoding with penalties picks what llama.cpp's chain picks, step by step,
+    over 200 steps (more than its 64-token window) of close logits."""
+    params = Sampling(temperature=0.0, frequency_penalty=frequency, presence_penalty=presence)
+    chain = _chain(params, penalties=True)
+    picker = TokenPicker(params)
+    rng = np.random.default_rng(9)
+    try:
+        for _ in range(200):
+            row = (rng.normal(size=VOCAB) * 0.3).astype(np.float32)
+            assert picker.pick(row) == _llama_pick(chain, row)
+    finally:
+        L.llama_sampler_free(chain)
+
+
+def test_plain_greedy_is_left_to_the_engine() -> None:
+    assert TokenPicker(Sampling(temperature=0.0)).greedy
+    assert not TokenPicker(Sampling(temperature=0.0, presence_penalty=0.1)).greedy
+    assert not TokenPicker(Sampling(temperature=0.5)).greedy
+
+
+def test_a_token_far_below_the_top_is_never_a_candidate_but_the_rest_are() -> None:
+    row = np.full(VOCAB, -100.0, dtype=np.float32)
+    row[[3, 7, 9]] = [2.0, 1.9, 1.8]
+    picker = TokenPicker(Sampling(temperature=2.0, seed=1))
+    assert {picker.pick(row) for _ in range(500)} == {3, 7, 9}
