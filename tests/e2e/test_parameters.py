@@ -26,7 +26,7 @@ CHAT: dict[str, tuple[Any, str]] = {
     "frequency_penalty": (0.5, HONOURED),
     "function_call": ("auto", REFUSED),
     "functions": ([TOOL["function"]], REFUSED),
-    "logit_bias": ({"1": 5}, REFUSED),
+    "logit_bias": ({"1": 5}, HONOURED),
     "logprobs": (True, REFUSED),
     "max_completion_tokens": (2, HONOURED),
     "max_tokens": (2, HONOURED),
@@ -63,7 +63,7 @@ TEXT: dict[str, tuple[Any, str]] = {
     "best_of": (2, REFUSED),
     "echo": (True, HONOURED),
     "frequency_penalty": (0.5, HONOURED),
-    "logit_bias": ({"1": 5}, REFUSED),
+    "logit_bias": ({"1": 5}, HONOURED),
     "logprobs": (2, REFUSED),
     "max_tokens": (2, HONOURED),
     "model": (MODEL, HONOURED),
@@ -79,11 +79,9 @@ TEXT: dict[str, tuple[Any, str]] = {
     "user": ("user-1", HONOURED),
 }
 # What vLLM, llama.cpp's server and TGI accept beside OpenAI's (sent as `extra_body`).
+EXTENSIONS_HONOURED: dict[str, Any] = {"top_k": 40, "min_p": 0.1, "repetition_penalty": 1.2}
 EXTENSIONS: dict[str, Any] = {
-    "top_k": 40,
-    "min_p": 0.1,
     "typical_p": 0.5,
-    "repetition_penalty": 1.2,
     "min_tokens": 2,
     "ignore_eos": True,
     "guided_json": {"type": "object"},
@@ -153,6 +151,12 @@ def test_open_server_extensions_are_refused(server: Server, name: str) -> None:
     _check(server, False, name, EXTENSIONS[name], REFUSED, extra=True)
 
 
+@pytest.mark.parametrize("name", sorted(EXTENSIONS_HONOURED))
+def test_open_server_extensions_the_sampler_has(server: Server, name: str) -> None:
+    _check(server, True, name, EXTENSIONS_HONOURED[name], HONOURED, extra=True)
+    _check(server, False, name, EXTENSIONS_HONOURED[name], HONOURED, extra=True)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -160,7 +164,6 @@ def test_open_server_extensions_are_refused(server: Server, name: str) -> None:
         ("tool_choice", "none"),
         ("response_format", {"type": "text"}),
         ("logprobs", False),
-        ("logit_bias", {}),
         ("modalities", ["text"]),
         ("store", False),
         ("service_tier", "auto"),
@@ -174,3 +177,40 @@ def test_a_value_that_asks_for_nothing_is_accepted(server: Server, name: str, va
 def test_unknown_extras_are_ignored(server: Server) -> None:
     resp = _call(server, True, "x_trace_note", "anything", extra=True)
     assert resp.choices[0].finish_reason in {"stop", "length"}
+
+
+def _token(vocab: Any, text: str) -> int:
+    (token,) = vocab.tokenize(text.encode(), False, False)
+    return int(token)
+
+
+def test_logit_bias_steers_the_model(server: Server, vocab: Any) -> None:
+    client = server.client()
+    banana = _token(vocab, " banana")
+    forced = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=3, temperature=0, logit_bias={str(banana): 100}
+    )
+    assert forced.choices[0].text == " banana" * 3
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    plain = client.chat.completions.create(
+        model=MODEL,
+        messages=question,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+    )
+    assert "Paris" in (plain.choices[0].message.content or "")
+    banned = {str(_token(vocab, word)): -100 for word in ("Paris", " Paris")}
+    steered = client.chat.completions.create(
+        model=MODEL,
+        messages=question,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+        logit_bias=banned,  # type: ignore[arg-type]
+    )
+    assert "Paris" not in (steered.choices[0].message.content or "")
+
+
+def test_a_logit_bias_token_outside_the_vocabulary_is_named(server: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _call(server, False, "logit_bias", {"999999999": 5})
+    assert caught.value.param == "logit_bias"

@@ -38,6 +38,11 @@ TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 EndUser = Annotated[str, Field(max_length=256)]
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
+# A bias (-100 to 100) per token id, as OpenAI's: ids as JSON object keys, 300 at most.
+LogitBias = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]],
+    Field(max_length=300),
+]
 # OpenAI's own bounds for request metadata: 16 pairs, keys up to 64, values up to 512.
 RequestMetadata = Annotated[
     dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
@@ -60,6 +65,11 @@ class SamplingRequest(_Request):
     n: Annotated[int, Field(ge=1, le=1)] = 1
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    logit_bias: LogitBias | None = None
+    # The open servers' extensions (vLLM, llama.cpp's server), sent as `extra_body`.
+    top_k: Annotated[int, Field(ge=-1, le=MAX_TOKENS_LIMIT)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: EndUser | None = None
@@ -85,13 +95,24 @@ class SamplingRequest(_Request):
             raise InvalidRequest(
                 "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
             )
-        return {
+        params: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
         }
+        # The others only when they ask for something: an upstream that lacks one
+        # (OpenAI's has no top_k) then never sees it, and cache keys stay as they were.
+        if self.logit_bias:
+            params["logit_bias"] = self.logit_bias
+        if self.top_k not in (None, 0, -1):
+            params["top_k"] = self.top_k
+        if self.min_p:
+            params["min_p"] = self.min_p
+        if self.repetition_penalty not in (None, 1):
+            params["repetition_penalty"] = self.repetition_penalty
+        return params
 
     @property
     def include_usage(self) -> bool:

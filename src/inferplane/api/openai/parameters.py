@@ -32,10 +32,9 @@ _CHAT: dict[str, tuple[Any, ...]] = {
     "functions": (None, []),
     "function_call": (None, "none"),
     "response_format": (None, {"type": "text"}),
-    # Log probabilities and sampling controls not in the sampler yet.
+    # Log probabilities.
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
     # Output kinds and features of other kinds of model.
     "audio": _NONE,
     "modalities": (None, ["text"]),
@@ -51,17 +50,14 @@ _CHAT: dict[str, tuple[Any, ...]] = {
 }
 _COMPLETIONS: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, 0),
-    "logit_bias": (None, {}),
     "best_of": (None, 1),
     "suffix": (None, ""),
 }
 # What vLLM, llama.cpp's server and TGI accept beside OpenAI's parameters, and callers
-# send to self-hosted models (`extra_body`).
+# send to self-hosted models (`extra_body`); `top_k`, `min_p` and `repetition_penalty`
+# are in the request schema (honoured).
 _EXTENSIONS: dict[str, tuple[Any, ...]] = {
-    "top_k": (None, 0, -1),
-    "min_p": (None, 0, 0.0),
     "typical_p": (None, 1, 1.0),
-    "repetition_penalty": (None, 1, 1.0),
     "min_tokens": (None, 0),
     "ignore_eos": (None, False),
     "guided_json": _NONE,

@@ -94,13 +94,15 @@ class AnthropicEngine(RemoteEngine):
         yield Finished(finish, prompt, completion)
 
     def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
-        """Anthropic's Messages API has no seed and no penalties, and its temperature
-        ends at 1 (OpenAI's at 2)."""
+        """Anthropic's Messages API has no seed, no penalties, no logit bias and no
+        min-p (it has top-k), and its temperature ends at 1 (OpenAI's at 2)."""
         if sampling.get("seed") is not None:
             return UnsupportedParameter("seed")
-        for name in ("presence_penalty", "frequency_penalty"):
+        for name in ("presence_penalty", "frequency_penalty", "logit_bias", "min_p"):
             if sampling.get(name):
                 return UnsupportedParameter(name)
+        if sampling.get("repetition_penalty", 1) != 1:
+            return UnsupportedParameter("repetition_penalty")
         if (sampling.get("temperature") or 0) > 1:
             return UnsupportedParameter("temperature", "above 1")
         return None
@@ -139,6 +141,8 @@ class AnthropicEngine(RemoteEngine):
             body["temperature"] = float(sampling["temperature"])  # at most 1: `refusal`
         if sampling.get("top_p") is not None and sampling["top_p"] < 1:
             body["top_p"] = sampling["top_p"]
+        if sampling.get("top_k"):
+            body["top_k"] = sampling["top_k"]
         return body
 
     async def _stream(

@@ -158,6 +158,11 @@ class LlamaCppEngine(EngineBase):
             if not tokens or len(tokens) >= self._n_ctx:
                 self._send(protocol.too_long(rid, len(tokens), self._n_ctx))
                 continue
+            beyond = [t for t, _ in op.sampling.logit_bias if not 0 <= t < self._n_vocab]
+            if beyond:
+                message = f"logit_bias names token {beyond[0]}, not in this model's vocabulary."
+                self._send(protocol.invalid(rid, message, "logit_bias"))
+                continue
             cached = self._cached if self._prefix_cache else None
             seq_id, reuse = pick_slot(free, self._slots, cached, op.scope, tokens)
             free.remove(seq_id)

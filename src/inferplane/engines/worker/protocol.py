@@ -2,7 +2,8 @@
 
 Gateway -> worker (`op`; `Generate` and `Embed` below, sent with `wire`):
     {"op": "generate", "id": N, "tokens": [...], "max_tokens", "stop", "lstrip",
-     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "scope"}
+     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k",
+     "min_p", "repetition_penalty", "logit_bias": {"token id": bias}, "scope"}
     {"op": "embed", "id": N, "input": [str, ...]}
     {"op": "cancel", "id": N}          stop working on request N (client went away)
     {"op": "ping", "id": N}            health check, answered by the socket thread
@@ -56,16 +57,27 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # The open servers' extensions (vLLM, llama.cpp's server): off at these values.
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), by token id
 
     @classmethod
     def of(cls, params: Mapping[str, Any]) -> Sampling:
-        """From a request's sampling parameters; one absent or null takes its default."""
+        """From a request's sampling parameters; one absent or null takes its default.
+        `logit_bias` maps token ids (as OpenAI's JSON has them: strings) to a bias."""
+        bias = params.get("logit_bias") or {}
         return cls(
             temperature=float(_given(params, "temperature", 1.0)),
             top_p=float(_given(params, "top_p", 1.0)),
             seed=None if params.get("seed") is None else int(params["seed"]),
             presence_penalty=float(_given(params, "presence_penalty", 0.0)),
             frequency_penalty=float(_given(params, "frequency_penalty", 0.0)),
+            top_k=int(_given(params, "top_k", 0)),
+            min_p=float(_given(params, "min_p", 0.0)),
+            repetition_penalty=float(_given(params, "repetition_penalty", 1.0)),
+            logit_bias=tuple(sorted((int(t), float(b)) for t, b in bias.items())),
         )
 
 
@@ -104,6 +116,10 @@ def wire(op: Op, rid: int) -> Message:
         "seed": s.seed,
         "presence_penalty": s.presence_penalty,
         "frequency_penalty": s.frequency_penalty,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "repetition_penalty": s.repetition_penalty,
+        "logit_bias": {str(t): b for t, b in s.logit_bias},
         "scope": op.scope,
     }
 
@@ -168,6 +184,11 @@ def too_long(rid: int, prompt_tokens: int, context_size: int) -> Message:
         "context_size": context_size,
         "param": "messages",
     }
+
+
+def invalid(rid: int, message: str, param: str) -> Message:
+    """The request asks for what cannot be (the client's 400, naming `param`)."""
+    return {"id": rid, "event": "error", "kind": "invalid", "message": message, "param": param}
 
 
 def failed(rid: int, message: str) -> Message:

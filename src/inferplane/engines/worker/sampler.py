@@ -5,21 +5,24 @@ llama.cpp's chain builds a candidate array over the whole vocabulary (262k entri
 Gemma 3) and sorts it for top-p: ~0.8 ms a row, against ~0.02 ms for greedy decoding's
 argmax. Here a sampled row costs one exponential pass over the row and one comparison,
 then exact work on the few tokens that carry the mass. In llama.cpp's order (its
-server's chain), with the same results:
+common sampler: logit bias, then its server's chain), with the same results:
 
-1. penalties (presence, frequency) on the tokens this sequence generated, the last 64
-   of them, as llama.cpp's penalties sampler does (on a copy of the row);
-2. top-p on the probabilities at temperature 1: the smallest set of most likely tokens
-   whose probability reaches p. The weights `exp(logit - max)` are summed once; the
-   tokens above a bar (lowered tenfold until they hold p of the mass) hold the nucleus,
-   and only those in the last band are sorted;
-3. temperature, and a draw: from the nucleus; or, without top-p, from the whole row's
-   tempered weights: from the few heavy tokens when the draw falls among them, else
-   (rarely) from the rest.
+1. logit bias, then penalties on the tokens this sequence generated, the last 64 of
+   them, as llama.cpp's penalties sampler: repetition (a positive logit divided by it,
+   a negative one multiplied), then frequency (times the count) and presence (once);
+   on a copy of the row;
+2. truncation, on the probabilities at temperature 1 (`exp(logit - max)`, summed once):
+   top-k (the k most likely), top-p (the smallest set of most likely tokens whose
+   probability reaches p of what is left), min-p (those at least p times as likely
+   as the most likely). The heavy tokens are found by lowering a bar tenfold until
+   enough lie above it; only the last band is sorted;
+3. temperature, and a draw: from what truncation kept; with no truncation, from the
+   whole row's tempered weights: from the few heavy tokens when the draw falls among
+   them, else (rarely) from the rest.
 
-With temperature 0 (and penalties), the adjusted row's argmax. A request's draws come
-from its own generator, seeded from its `seed` when it has one: the same seed, the same
-logits, the same tokens.
+With temperature 0, the adjusted row's argmax. A request's draws come from its own
+generator, seeded from its `seed` when it has one: the same seed, the same logits, the
+same tokens.
 """
 
 from __future__ import annotations
@@ -37,13 +40,23 @@ _PENALTY_LAST_N = 64  # llama.cpp's default window for the penalties
 class TokenPicker:
     """One sequence's way of picking tokens: its parameters, generator and history."""
 
-    __slots__ = ("_counts", "_frequency", "_history", "_presence", "_rng", "greedy", "params")
+    __slots__ = ("_bias", "_counts", "_history", "_penalised", "_rng", "greedy", "params")
 
     def __init__(self, params: Sampling):
         self.params = params
-        self._presence, self._frequency = params.presence_penalty, params.frequency_penalty
+        self._penalised = bool(
+            params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1
+        )
+        self._bias = (
+            (
+                np.array([t for t, _ in params.logit_bias], dtype=np.intp),
+                np.array([b for _, b in params.logit_bias], dtype=np.float32),
+            )
+            if params.logit_bias
+            else None
+        )
         # Plain greedy: the engine takes the row's argmax itself.
-        self.greedy = params.temperature <= 0 and not (self._presence or self._frequency)
+        self.greedy = params.temperature <= 0 and not self._penalised and self._bias is None
         seed = params.seed if params.seed is not None else random.getrandbits(64)
         self._rng = np.random.Generator(np.random.PCG64(seed & 0xFFFFFFFFFFFFFFFF))
         self._history: deque[int] = deque()
@@ -51,30 +64,41 @@ class TokenPicker:
 
     def pick(self, row: np.ndarray) -> int:
         """The next token from this sequence's logits row (not modified)."""
-        if self._counts:
-            row = self._penalised(row)
+        if self._bias is not None or self._counts:
+            row = self._adjusted(row)
         temperature = self.params.temperature
         token = int(row.argmax()) if temperature <= 0 else self._draw(row, temperature)
-        self._accept(token)
+        if self._penalised:
+            self._accept(token)
         return token
 
-    def _penalised(self, row: np.ndarray) -> np.ndarray:
+    def _adjusted(self, row: np.ndarray) -> np.ndarray:
         row = row.copy()
-        tokens = np.fromiter(self._counts.keys(), dtype=np.intp, count=len(self._counts))
-        counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
-        row[tokens] -= counts * self._frequency + self._presence
+        if self._bias is not None:
+            tokens, bias = self._bias
+            row[tokens] += bias
+        if self._counts:
+            p = self.params
+            tokens = np.fromiter(self._counts.keys(), dtype=np.intp, count=len(self._counts))
+            counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(tokens))
+            logits = row[tokens]
+            if p.repetition_penalty != 1:
+                repeat = np.float32(p.repetition_penalty)
+                logits = np.where(logits <= 0, logits * repeat, logits / repeat)
+            row[tokens] = logits - (counts * p.frequency_penalty + p.presence_penalty)
         return row
 
     def _draw(self, row: np.ndarray, temperature: float) -> int:
-        top_p = self.params.top_p
-        # Top-p's probabilities are at temperature 1; without it, draw at T directly.
-        scale = 1.0 if top_p < 1.0 else 1.0 / temperature
+        p = self.params
+        truncated = 0 < p.top_k < len(row) or p.top_p < 1.0 or p.min_p > 0
+        # Truncation reads probabilities at temperature 1; without it, draw at T directly.
+        scale = 1.0 if truncated else 1.0 / temperature
         weights = np.exp((row - row.max()) * np.float32(scale))  # the top token's: 1
+        if truncated:
+            kept = _truncated(weights, p.top_k, p.top_p, p.min_p)
+            tempered = weights[kept] ** np.float32(1.0 / temperature)
+            return int(kept[_index(tempered, self._rng.random())])
         total = float(weights.sum())
-        if top_p < 1.0:
-            nucleus = _nucleus(weights, total * top_p)
-            tempered = weights[nucleus] ** np.float32(1.0 / temperature)
-            return int(nucleus[_index(tempered, self._rng.random())])
         heavy = np.flatnonzero(weights >= _BAR)
         mass = float(weights[heavy].sum())
         at = self._rng.random() * total
@@ -84,8 +108,6 @@ class TokenPicker:
         return int(rest[_index(weights[rest], (at - mass) / (total - mass))])
 
     def _accept(self, token: int) -> None:
-        if not (self._presence or self._frequency):
-            return
         self._history.append(token)
         self._counts[token] += 1
         if len(self._history) > _PENALTY_LAST_N:
@@ -105,20 +127,41 @@ def _index(weights: np.ndarray, u: float) -> int:
     return min(at, len(weights) - 1)
 
 
-def _nucleus(weights: np.ndarray, target: float) -> np.ndarray:
-    """The most likely tokens whose weights first reach `target` (llama.cpp's top-p:
-    sorted by weight, up to and including the one that reaches it)."""
+def _truncated(weights: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """The tokens top-k, then top-p, then min-p keep (weights: the top token's is 1)."""
+    if 0 < top_k < len(weights):
+        kept = _heaviest(weights, count=top_k)
+        if top_p < 1.0:
+            cumulative = np.cumsum(weights[kept], dtype=np.float64)
+            kept = kept[: int(np.searchsorted(cumulative, top_p * cumulative[-1])) + 1]
+    elif top_p < 1.0:
+        kept = _heaviest(weights, mass=top_p * float(weights.sum()))
+    else:
+        return np.flatnonzero(weights >= min_p)
+    return kept[weights[kept] >= min_p] if min_p > 0 else kept
+
+
+def _heaviest(weights: np.ndarray, *, count: int = 0, mass: float = 0.0) -> np.ndarray:
+    """The heaviest tokens, heaviest first: the first `count` of them, or the first
+    whose weights reach `mass` (up to and including the one that reaches it: llama.cpp's
+    top-p). Tokens above a bar lowered tenfold until enough lie above it are all in;
+    only the last band is sorted."""
     bar, above, above_mass = 0.1, np.empty(0, dtype=np.intp), 0.0
     kept = np.flatnonzero(weights >= bar)
-    mass = float(weights[kept].sum())
-    while mass < target and bar > 1e-30:
-        above, above_mass = kept, mass
+    got = float(weights[kept].sum())
+
+    def enough() -> bool:
+        return len(kept) >= count if count else got >= mass
+
+    while not enough() and bar > 1e-30:
+        above, above_mass = kept, got
         bar *= 0.1
         kept = np.flatnonzero(weights >= bar)
-        mass = float(weights[kept].sum())
-    # Every token of `above` is in; then the heaviest of the last band until `target`.
+        got = float(weights[kept].sum())
+    above = above[np.argsort(-weights[above], kind="stable")]
     band = kept[weights[kept] < bar * 10] if len(above) else kept
     band = band[np.argsort(-weights[band], kind="stable")]
+    if count:
+        return np.concatenate([above, band[: count - len(above)]])
     cumulative = above_mass + np.cumsum(weights[band], dtype=np.float64)
-    n = int(np.searchsorted(cumulative, target)) + 1
-    return np.concatenate([above, band[:n]])
+    return np.concatenate([above, band[: int(np.searchsorted(cumulative, mass)) + 1]])

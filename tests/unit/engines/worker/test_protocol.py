@@ -26,7 +26,16 @@ def test_a_generation_reads_back_as_it_was_sent() -> None:
         max_tokens=64,
         stop=["\n\n", "</s>"],
         lstrip=True,
-        sampling=Sampling(temperature=0.7, top_p=0.9, seed=-3, presence_penalty=0.5),
+        sampling=Sampling(
+            temperature=0.7,
+            top_p=0.9,
+            seed=-3,
+            presence_penalty=0.5,
+            top_k=40,
+            min_p=0.05,
+            repetition_penalty=1.1,
+            logit_bias=((7, -100.0), (31, 2.5)),
+        ),
         scope="org-1",
     )
     msg = _through_the_socket(op, 17)
@@ -45,6 +54,9 @@ def test_absent_or_null_sampling_parameters_take_openais_defaults() -> None:
     assert Sampling.of({}) == Sampling(1.0, 1.0, None, 0.0, 0.0)
     assert Sampling.of({"temperature": None, "top_p": None, "seed": None}) == Sampling()
     assert Sampling.of({"temperature": 0, "seed": 9}) == Sampling(temperature=0.0, seed=9)
+    # OpenAI's logit_bias keys are token ids as strings; kept sorted by id.
+    bias = Sampling.of({"logit_bias": {"31": 2.5, "7": -100}}).logit_bias
+    assert bias == ((7, -100.0), (31, 2.5))
 
 
 @pytest.mark.parametrize(

@@ -25,19 +25,31 @@ def _logits(seed: int, scale: float = 2.5) -> np.ndarray:
 
 
 def _chain(params: Sampling, *, penalties: bool = False) -> Any:
+    """llama.cpp's chain for `params`, in its common sampler's order."""
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    add = L.llama_sampler_chain_add
+    if params.logit_bias:
+        biases = (L.llama_logit_bias * len(params.logit_bias))(
+            *(L.llama_logit_bias(t, b) for t, b in params.logit_bias)
+        )
+        add(chain, L.llama_sampler_init_logit_bias(VOCAB, len(params.logit_bias), biases))
     if penalties:
-        L.llama_sampler_chain_add(
+        p = params
+        add(
             chain,
             L.llama_sampler_init_penalties(
-                VOCAB, 64, 1.0, params.frequency_penalty, params.presence_penalty
+                VOCAB, 64, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
             ),
         )
     if params.temperature <= 0:
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        add(chain, L.llama_sampler_init_greedy())
         return chain
-    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
-    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(params.temperature))
+    if params.top_k > 0:
+        add(chain, L.llama_sampler_init_top_k(params.top_k))
+    add(chain, L.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0:
+        add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
+    add(chain, L.llama_sampler_init_temp(params.temperature))
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(params.seed or 0))
     return chain
 
@@ -75,10 +87,19 @@ CASES = [
     Sampling(temperature=1.0, top_p=1.0, seed=2),
     Sampling(temperature=1.5, top_p=0.5, seed=3),
     Sampling(temperature=0.3, top_p=1.0, seed=4),
+    Sampling(temperature=1.2, top_k=10, seed=6),
+    Sampling(temperature=0.9, top_k=12, top_p=0.8, seed=7),
+    Sampling(temperature=1.3, min_p=0.05, seed=8),
+    Sampling(temperature=1.0, top_k=20, top_p=0.9, min_p=0.02, seed=9),
+    Sampling(temperature=0.7, logit_bias=((0, 3.0), (5, -100.0), (17, 1.5)), seed=10),
 ]
 
 
-@pytest.mark.parametrize("params", CASES, ids=lambda p: f"T{p.temperature}-p{p.top_p}")
+def _case(p: Sampling) -> str:
+    return f"T{p.temperature}-p{p.top_p}-k{p.top_k}-min{p.min_p}-bias{len(p.logit_bias)}"
+
+
+@pytest.mark.parametrize("params", CASES, ids=_case)
 def test_the_same_distribution_as_llama_cpps_chain(params: Sampling) -> None:
     row = _logits(params.seed or 0)
     chain = _chain(params)
@@ -126,11 +147,19 @@ def test_the_row_is_not_modified() -> None:
     assert np.array_equal(row, before)
 
 
-@pytest.mark.parametrize(("frequency", "presence"), [(0.8, 0.0), (0.0, 1.5), (0.5, -0.4)])
-def test_penalties_as_llama_cpps(frequency: float, presence: float) -> None:
+@pytest.mark.parametrize(
+    ("frequency", "presence", "repetition"),
+    [(0.8, 0.0, 1.0), (0.0, 1.5, 1.0), (0.5, -0.4, 1.0), (0.0, 0.0, 1.3), (0.3, 0.2, 0.8)],
+)
+def test_penalties_as_llama_cpps(frequency: float, presence: float, repetition: float) -> None:
     """Greedy decoding with penalties picks what llama.cpp's chain picks, step by step,
     over 200 steps (more than its 64-token window) of close logits."""
-    params = Sampling(temperature=0.0, frequency_penalty=frequency, presence_penalty=presence)
+    params = Sampling(
+        temperature=0.0,
+        frequency_penalty=frequency,
+        presence_penalty=presence,
+        repetition_penalty=repetition,
+    )
     chain = _chain(params, penalties=True)
     picker = TokenPicker(params)
     rng = np.random.default_rng(9)
@@ -145,6 +174,8 @@ def test_penalties_as_llama_cpps(frequency: float, presence: float) -> None:
 def test_plain_greedy_is_left_to_the_engine() -> None:
     assert TokenPicker(Sampling(temperature=0.0)).greedy
     assert not TokenPicker(Sampling(temperature=0.0, presence_penalty=0.1)).greedy
+    assert not TokenPicker(Sampling(temperature=0.0, repetition_penalty=1.1)).greedy
+    assert not TokenPicker(Sampling(temperature=0.0, logit_bias=((1, 5.0),))).greedy
     assert not TokenPicker(Sampling(temperature=0.5)).greedy
 
 
@@ -153,3 +184,10 @@ def test_a_token_far_below_the_top_is_never_a_candidate_but_the_rest_are() -> No
     row[[3, 7, 9]] = [2.0, 1.9, 1.8]
     picker = TokenPicker(Sampling(temperature=2.0, seed=1))
     assert {picker.pick(row) for _ in range(500)} == {3, 7, 9}
+
+
+def test_a_greedy_logit_bias_moves_the_argmax() -> None:
+    row = _logits(12)
+    low = int(row.argmin())
+    picker = TokenPicker(Sampling(temperature=0.0, logit_bias=((low, 100.0),)))
+    assert picker.pick(row) == low
