@@ -12,6 +12,12 @@ class Started:
     prompt_tokens: int
 
 
+# A generated token's log probability: its text and bytes (a token may hold part of a
+# character), its log probability, and the most likely tokens' (text, bytes, logprob).
+Alternative = tuple[str, list[int], float]
+TokenLogprob = tuple[str, list[int], float, list[Alternative]]
+
+
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
@@ -19,6 +25,8 @@ class TextDelta:
     # The source already holds the next event (it came in the same read from the
     # upstream): a writer may send both in one write. Only a hint; never a wait.
     more: bool = False
+    # The log probabilities of the tokens this text holds, when the request asked.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -299,10 +299,17 @@ def test_removing_a_deployment_lets_its_running_stream_finish(setup: Setup) -> N
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("seed", 7), ("presence_penalty", 0.5), ("frequency_penalty", -0.5), ("temperature", 1.5)],
+    [
+        ("seed", 7),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -0.5),
+        ("temperature", 1.5),
+        ("logit_bias", {"5": 1}),
+        ("logprobs", True),
+    ],
 )
 def test_what_anthropic_cannot_honour_is_refused_by_name(
-    setup: Setup, param: str, value: float
+    setup: Setup, param: str, value: object
 ) -> None:
     """Its Messages API has no seed and no penalties, and its temperature ends at 1:
     400 naming the parameter, nothing sent upstream (never sent with it dropped)."""

@@ -171,6 +171,8 @@ class ResponseCache:
         mode = self._mode_for(principal, model_mode)
         if mode == "off" or not (directives.lookup or directives.store):
             return None
+        if request.get("logprobs") is not None:
+            return None  # an answer is kept without its log probabilities
         if mode == "deterministic" and not _deterministic(request):
             return None
         scope = self._scope_of(principal)

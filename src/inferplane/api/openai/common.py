@@ -112,7 +112,15 @@ class SamplingRequest(_Request):
             params["min_p"] = self.min_p
         if self.repetition_penalty not in (None, 1):
             params["repetition_penalty"] = self.repetition_penalty
+        alternatives = self.logprobs_asked()
+        if alternatives is not None:
+            params["logprobs"] = alternatives  # reported with this many alternatives
         return params
+
+    def logprobs_asked(self) -> int | None:
+        """How many alternatives to report with each token's log probability (None:
+        no log probabilities). Each endpoint asks its own way."""
+        return None
 
     @property
     def include_usage(self) -> bool:

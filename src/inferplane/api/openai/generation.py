@@ -19,7 +19,7 @@ from inferplane.api.services import services
 from inferplane.cache.responses import Directives
 from inferplane.engines.interface import GenerationInput
 from inferplane.errors import ClientGone, InferplaneError, InvalidRequest
-from inferplane.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.events import Finished, GenerationEvent, Started, TextDelta, TokenLogprob
 from inferplane.pipeline.context import RequestContext
 from inferplane.routing.strategies import RouteRequest
 from inferplane.tenancy.records import Principal
@@ -115,7 +115,7 @@ def _header(request: Request, name: str) -> str | None:
     return values[0] if values else None
 
 
-async def collect(request: Request, generation: Generation) -> tuple[str, Finished]:
+async def collect(request: Request, generation: Generation) -> Collected:
     """The whole generation, for a non-streaming answer. A caller that disconnects stops
     it: the model's slot is freed at once (as for a stream) and the request is billed
     for what was generated, with status 499."""
@@ -178,14 +178,28 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _collect(generation: Generation) -> tuple[str, Finished]:
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """A whole generation: its text, its end, and its tokens' log probabilities (None:
+    not asked)."""
+
+    text: str
+    done: Finished
+    logprobs: list[TokenLogprob] | None
+
+
+async def _collect(generation: Generation) -> Collected:
     parts: list[str] = []
+    logprobs: list[TokenLogprob] | None = None
     try:
         async for event in generation.events:
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+                if event.logprobs is not None:
+                    logprobs = logprobs if logprobs is not None else []
+                    logprobs.extend(event.logprobs)
             elif isinstance(event, Finished):
-                return "".join(parts), event
+                return Collected("".join(parts), event, logprobs)
     finally:
         # Closing runs the pipeline's settle-and-record step before we answer.
         await generation.events.aclose()

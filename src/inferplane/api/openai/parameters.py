@@ -32,9 +32,6 @@ _CHAT: dict[str, tuple[Any, ...]] = {
     "functions": (None, []),
     "function_call": (None, "none"),
     "response_format": (None, {"type": "text"}),
-    # Log probabilities.
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     # Output kinds and features of other kinds of model.
     "audio": _NONE,
     "modalities": (None, ["text"]),
@@ -49,7 +46,6 @@ _CHAT: dict[str, tuple[Any, ...]] = {
     "service_tier": (None, "auto", "default"),
 }
 _COMPLETIONS: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, 0),
     "best_of": (None, 1),
     "suffix": (None, ""),
 }

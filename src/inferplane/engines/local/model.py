@@ -119,6 +119,7 @@ class LocalLLM(LocalModel):
             prompt.lstrip,
             Sampling.of(sampling),
             caller.scope,
+            sampling.get("logprobs"),
         )
         async with self._slot(caller, len(prompt.tokens) + prompt.max_tokens):
             dispatched(len(prompt.tokens))

@@ -29,7 +29,7 @@ def generation_event(msg: Message) -> GenerationEvent | None:
     error raises what the caller is told."""
     event = msg["event"]
     if event == "token":
-        return TextDelta(msg["text"], int(msg.get("n", 0)))
+        return TextDelta(msg["text"], int(msg.get("n", 0)), logprobs=msg.get("logprobs"))
     if event == "start":
         return Started(int(msg["prompt_tokens"]))
     if event == "done":

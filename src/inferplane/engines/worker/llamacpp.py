@@ -39,10 +39,11 @@ from inferplane.config import ModelSpec
 from inferplane.engines.worker import protocol
 from inferplane.engines.worker.base import EngineBase
 from inferplane.engines.worker.protocol import Channel
-from inferplane.engines.worker.sampler import TokenPicker
+from inferplane.engines.worker.sampler import TokenPicker, log_probabilities
 from inferplane.engines.worker.slots import Slot, pick_slot
 from inferplane.engines.worker.stats import REPORT_EVERY_S, StepStats
 from inferplane.engines.worker.stops import StopMatcher
+from inferplane.events import Alternative, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class LlamaCppEngine(EngineBase):
                 max_tokens=min(op.max_tokens, self._n_ctx - len(tokens)),
                 stops=StopMatcher(op.stop),
                 picker=TokenPicker(op.sampling),
+                logprobs=op.logprobs,
                 lstrip=op.lstrip,
                 scope=op.scope,
                 prefilled=reuse,
@@ -307,31 +309,50 @@ class LlamaCppEngine(EngineBase):
             logits = L.llama_get_logits_ith(self._ctx.ctx, index)
             row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
             picker = slot.picker
-            self._on_token(slot, int(row.argmax()) if picker.greedy else picker.pick(row))
+            self._on_token(slot, int(row.argmax()) if picker.greedy else picker.pick(row), row)
 
-    def _on_token(self, slot: Slot, token: int) -> None:
+    def _on_token(self, slot: Slot, token: int, row: np.ndarray) -> None:
         if self._L.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "stop")
             return
         slot.generated += 1
         slot.next_token = token
         piece = self._model.detokenize([token], special=True)
+        if slot.logprobs is not None:
+            slot.pending.append(self._logprob(row, token, piece, slot.logprobs))
         text, stopped = slot.stops.feed(slot.decoder.decode(piece))
         if slot.lstrip:
             text = text.lstrip()
             slot.lstrip = not text
         if text:
-            self._send(protocol.token(slot.request_id, text, slot.generated))
+            self._send(protocol.token(slot.request_id, text, slot.generated, slot.take_pending()))
         if stopped:
             self._finish(slot, "stop", flush=False)
         elif slot.generated >= slot.max_tokens:
             self._finish(slot, "length")
 
+    def _logprob(self, row: np.ndarray, token: int, piece: bytes, top: int) -> TokenLogprob:
+        """The token's log probability and the `top` most likely tokens' (a stop
+        string's tokens are reported with it: they are never emitted)."""
+        logprob, alternatives = log_probabilities(row, token, top)
+        return (
+            piece.decode(errors="replace"),
+            list(piece),
+            logprob,
+            [self._alternative(t, lp) for t, lp in alternatives],
+        )
+
+    def _alternative(self, token: int, logprob: float) -> Alternative:
+        piece = self._model.detokenize([token], special=True)
+        return piece.decode(errors="replace"), list(piece), logprob
+
     def _finish(self, slot: Slot, reason: str, *, flush: bool = True) -> None:
         if flush:
             tail = slot.stops.flush() + slot.decoder.decode(b"", final=True)
             if tail:
-                self._send(protocol.token(slot.request_id, tail, slot.generated))
+                self._send(
+                    protocol.token(slot.request_id, tail, slot.generated, slot.take_pending())
+                )
         self._send(protocol.done(slot.request_id, reason, len(slot.prompt), slot.generated))
         self._release(slot)
 

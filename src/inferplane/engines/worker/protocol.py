@@ -3,7 +3,8 @@
 Gateway -> worker (`op`; `Generate` and `Embed` below, sent with `wire`):
     {"op": "generate", "id": N, "tokens": [...], "max_tokens", "stop", "lstrip",
      "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k",
-     "min_p", "repetition_penalty", "logit_bias": {"token id": bias}, "scope"}
+     "min_p", "repetition_penalty", "logit_bias": {"token id": bias}, "scope",
+     "logprobs": null or how many alternatives per token}
     {"op": "embed", "id": N, "input": [str, ...]}
     {"op": "cancel", "id": N}          stop working on request N (client went away)
     {"op": "ping", "id": N}            health check, answered by the socket thread
@@ -13,6 +14,8 @@ Worker -> gateway (`event`):
     {"id": N, "event": "start", "prompt_tokens": P, "slot": S}
                                                      prompt accepted into sequence slot S
     {"id": N, "event": "token", "text": "...", "n": G}  generated text; G tokens so far
+        (+ "logprobs": [[token, bytes, logprob, [[token, bytes, logprob], ...]], ...]
+         for the tokens it holds, when the request asked for them)
     {"id": N, "event": "done", "finish_reason", "prompt_tokens", "completion_tokens"}
     {"id": N, "event": "embeddings", "data": base64 float32, "dim": D}
     {"id": N, "event": "error", "kind": "context_length"|"invalid"|"internal", ...}
@@ -28,6 +31,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from inferplane.events import TokenLogprob
 
 Message = dict[str, Any]
 
@@ -89,6 +94,7 @@ class Generate:
     lstrip: bool  # drop the reply's leading whitespace (chat)
     sampling: Sampling
     scope: str  # who may reuse the prompt's cached prefix
+    logprobs: int | None = None  # report each token's log probability and this many others
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,7 @@ def wire(op: Op, rid: int) -> Message:
         "repetition_penalty": s.repetition_penalty,
         "logit_bias": {str(t): b for t, b in s.logit_bias},
         "scope": op.scope,
+        "logprobs": op.logprobs,
     }
 
 
@@ -138,6 +145,7 @@ def parse(msg: Message) -> Op:
                 lstrip=bool(msg.get("lstrip")),
                 sampling=Sampling.of(msg),
                 scope=str(msg.get("scope") or ""),
+                logprobs=None if msg.get("logprobs") is None else int(msg["logprobs"]),
             )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed {msg.get('op')!r} request: {exc!r}") from None
@@ -157,8 +165,14 @@ def started(rid: int, prompt_tokens: int, slot: int) -> Message:
     return {"id": rid, "event": "start", "prompt_tokens": prompt_tokens, "slot": slot}
 
 
-def token(rid: int, text: str, generated: int) -> Message:
-    return {"id": rid, "event": "token", "text": text, "n": generated}
+def token(
+    rid: int, text: str, generated: int, logprobs: list[TokenLogprob] | None = None
+) -> Message:
+    """Generated text; with `logprobs`, those of the tokens it holds (since the last)."""
+    msg: Message = {"id": rid, "event": "token", "text": text, "n": generated}
+    if logprobs is not None:
+        msg["logprobs"] = logprobs
+    return msg
 
 
 def done(rid: int, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Message:

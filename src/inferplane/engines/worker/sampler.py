@@ -117,6 +117,22 @@ class TokenPicker:
                 del self._counts[old]
 
 
+def log_probabilities(
+    row: np.ndarray, token: int, top: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """The model's own log probability of `token` (the softmax of the raw logits row,
+    before any bias, penalty or temperature: what OpenAI's `logprobs` report), and the
+    `top` most likely tokens with theirs, most likely first."""
+    top_logit = row.max()
+    weights = np.exp(row - top_logit)
+    log_total = float(top_logit) + float(np.log(weights.sum(dtype=np.float64)))
+    alternatives = _heaviest(weights, count=top) if top else np.empty(0, dtype=np.intp)
+    return (
+        float(row[token]) - log_total,
+        [(int(t), float(row[t]) - log_total) for t in alternatives],
+    )
+
+
 _BAR = 1e-3  # weights (relative to the top token's) above this are the heavy tokens
 
 

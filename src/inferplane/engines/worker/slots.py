@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from inferplane.engines.worker.sampler import TokenPicker
 from inferplane.engines.worker.stops import StopMatcher
+from inferplane.events import TokenLogprob
 
 # Shorter shared prefixes are recomputed: cheap, and the slot stays free for a longer one.
 MIN_REUSE = 16
@@ -39,6 +40,17 @@ class Slot:
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
+    logprobs: int | None = None  # report log probabilities, and this many alternatives
+    # The log probabilities of tokens whose text has not been sent yet (held back by
+    # a stop string that may be starting, or a character not complete yet).
+    pending: list[TokenLogprob] = field(default_factory=list)
+
+    def take_pending(self) -> list[TokenLogprob] | None:
+        """The held log probabilities, to send with text now (None: none asked)."""
+        if self.logprobs is None:
+            return None
+        taken, self.pending = self.pending, []
+        return taken
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:

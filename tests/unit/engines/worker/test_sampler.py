@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from inferplane.engines.worker.protocol import Sampling
-from inferplane.engines.worker.sampler import TokenPicker
+from inferplane.engines.worker.sampler import TokenPicker, log_probabilities
 
 VOCAB = 48
 DRAWS = 20_000
@@ -191,3 +191,15 @@ def test_a_greedy_logit_bias_moves_the_argmax() -> None:
     low = int(row.argmin())
     picker = TokenPicker(Sampling(temperature=0.0, logit_bias=((low, 100.0),)))
     assert picker.pick(row) == low
+
+
+def test_log_probabilities_are_the_rows_log_softmax() -> None:
+    row = _logits(13, scale=4.0)
+    exact = row.astype(np.float64) - np.log(np.exp(row.astype(np.float64)).sum())
+    token = int(np.argsort(row)[VOCAB // 2])  # any token, not only the likeliest
+    logprob, alternatives = log_probabilities(row, token, 5)
+    assert logprob == pytest.approx(exact[token], abs=1e-5)
+    expected = [int(t) for t in np.argsort(-row)[:5]]
+    assert [t for t, _ in alternatives] == expected
+    assert [lp for _, lp in alternatives] == pytest.approx([exact[t] for t in expected], abs=1e-5)
+    assert log_probabilities(row, token, 0)[1] == []

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inferplane.api.openai.common import SamplingRequest, TokenCount
 from inferplane.api.openai.parameters import CHAT_UNSUPPORTED
+from inferplane.errors import InvalidRequest
 
 
 class TextPart(BaseModel):
@@ -35,6 +36,17 @@ class ChatCompletionRequest(SamplingRequest):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: TokenCount | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    def logprobs_asked(self) -> int | None:
+        if self.logprobs:
+            return self.top_logprobs or 0
+        if self.top_logprobs:
+            raise InvalidRequest(
+                "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs"
+            )
+        return None
 
     def prompt_input(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from inferplane.api.auth import AnyKey
 from inferplane.api.errors import parse_body
-from inferplane.api.openai import generation
+from inferplane.api.openai import generation, logprobs
 from inferplane.api.openai.chat_completion.protocol import ChatCompletionRequest
 from inferplane.api.openai.common import new_id, usage
 from inferplane.api.responses import FastJSONResponse
@@ -29,7 +29,8 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
             gen,
             _chunks(completion_id, created, body.model, gen.version, body.include_usage),
         )
-    text, done = await generation.collect(request, gen)
+    got = await generation.collect(request, gen)
+    done = got.done
     return FastJSONResponse(
         {
             "id": completion_id,
@@ -40,8 +41,8 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
+                    "message": {"role": "assistant", "content": got.text, "refusal": None},
+                    "logprobs": None if got.logprobs is None else logprobs.chat(got.logprobs),
                     "finish_reason": done.finish_reason,
                 }
             ],
@@ -67,7 +68,12 @@ def _chunks(
 
     def format_event(event: GenerationEvent) -> bytes:
         if isinstance(event, TextDelta):
-            return text(event.text)
+            if event.logprobs is None:
+                return text(event.text)
+            delta = {"content": event.text}
+            return chunks.data(
+                {"delta": delta, "logprobs": logprobs.chat(event.logprobs), "finish_reason": None}
+            )
         if isinstance(event, Finished):
             return chunks.finish({"delta": {}}, event)
         role = {"role": "assistant", "content": ""}  # Started

@@ -15,6 +15,11 @@ class CompletionRequest(SamplingRequest):
     # One prompt per request (n=1); a one-element list is accepted as OpenAI's SDKs send it.
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     echo: bool = False
+    # The legacy API's: how many alternatives to report with each token's log probability.
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from inferplane.api.auth import AnyKey
 from inferplane.api.errors import parse_body
-from inferplane.api.openai import generation
+from inferplane.api.openai import generation, logprobs
 from inferplane.api.openai.common import new_id, usage
 from inferplane.api.openai.completion.protocol import CompletionRequest
 from inferplane.api.responses import FastJSONResponse
@@ -30,7 +30,8 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
             gen,
             _chunks(completion_id, created, body.model, gen.version, body.include_usage, prefix),
         )
-    text, done = await generation.collect(request, gen)
+    got = await generation.collect(request, gen)
+    done = got.done
     return FastJSONResponse(
         {
             "id": completion_id,
@@ -41,8 +42,12 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
             "choices": [
                 {
                     "index": 0,
-                    "text": prefix + text,
-                    "logprobs": None,
+                    "text": prefix + got.text,
+                    "logprobs": (
+                        None
+                        if got.logprobs is None
+                        else logprobs.TextLogprobs(len(prefix))(got.logprobs)
+                    ),
                     "finish_reason": done.finish_reason,
                 }
             ],
@@ -63,10 +68,14 @@ def _chunks(
     }
     chunks = generation.Chunks(base, include_usage)
     text = chunks.text_event(lambda t: {"text": t, "logprobs": None, "finish_reason": None})
+    text_logprobs = logprobs.TextLogprobs(len(prefix))
 
     def format_event(event: GenerationEvent) -> bytes:
         if isinstance(event, TextDelta):
-            return text(event.text)
+            if event.logprobs is None:
+                return text(event.text)
+            reported = text_logprobs(event.logprobs)
+            return chunks.data({"text": event.text, "logprobs": reported, "finish_reason": None})
         if isinstance(event, Finished):
             return chunks.finish({"text": ""}, event)
         return text(prefix) if prefix else b""  # Started: echo the prompt first
