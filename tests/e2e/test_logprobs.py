@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 
 from tests.e2e.server import Server
@@ -60,14 +61,24 @@ def test_completion_logprobs_are_the_models_softmax(
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(4)]
 
 
-def test_echo_offsets_start_after_the_prompt(server: Server) -> None:
-    resp = server.client().completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0, logprobs=0, echo=True
-    )
-    lp = resp.choices[0].logprobs
-    assert lp is not None and lp.text_offset is not None
-    assert lp.text_offset[0] == len(PROMPT)
-    assert lp.top_logprobs == [{}, {}]
+def test_echo_with_logprobs_is_refused_by_name(server: Server) -> None:
+    """OpenAI's would cover the echoed prompt too, which is not computed here."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client().completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=2, logprobs=0, echo=True
+        )
+    assert caught.value.param == "logprobs"
+
+
+def test_completion_logprobs_false_is_not_zero(server: Server) -> None:
+    """`false` is not a count: 400, not log probabilities nobody asked for."""
+    with server.http() as http:
+        resp = http.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": PROMPT, "max_tokens": 1, "logprobs": False},
+        )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "logprobs"
 
 
 def _chat(server: Server, **kwargs: Any) -> Any:

@@ -214,3 +214,27 @@ def test_a_logit_bias_token_outside_the_vocabulary_is_named(server: Server) -> N
     with pytest.raises(openai.BadRequestError) as caught:
         _call(server, False, "logit_bias", {"999999999": 5})
     assert caught.value.param == "logit_bias"
+
+
+def test_null_is_the_default(server: Server) -> None:
+    """OpenAI's schema allows null for these; some SDKs send it."""
+    body = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "max_tokens": 2,
+        "temperature": None,
+        "top_p": None,
+        "n": None,
+        "presence_penalty": None,
+        "frequency_penalty": None,
+        "stream": None,
+    }
+    with server.http() as http:
+        resp = http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200, resp.text
+
+
+def test_a_token_id_has_one_spelling_in_logit_bias(server: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _call(server, True, "logit_bias", {"01": 5, "1": 5})
+    assert caught.value.param is not None and caught.value.param.startswith("logit_bias")

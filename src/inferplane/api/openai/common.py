@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Self
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from inferplane.api.openai.parameters import refuse_unsupported
 from inferplane.api.services import services
@@ -40,7 +47,10 @@ EndUser = Annotated[str, Field(max_length=256)]
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
 # A bias (-100 to 100) per token id, as OpenAI's: ids as JSON object keys, 300 at most.
 LogitBias = Annotated[
-    dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]],
+    dict[
+        Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,8})$")],  # one spelling per id
+        Annotated[float, Field(ge=-100, le=100)],
+    ],
     Field(max_length=300),
 ]
 # OpenAI's own bounds for request metadata: 16 pairs, keys up to 64, values up to 512.
@@ -81,6 +91,20 @@ class SamplingRequest(_Request):
         if self.model_extra:
             refuse_unsupported(self.model_extra, self.unsupported)
         return self
+
+    @field_validator(
+        "temperature",
+        "top_p",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "stream",
+        mode="before",
+    )
+    @classmethod
+    def _null_is_the_default(cls, v: Any, info: ValidationInfo) -> Any:
+        # OpenAI's schema allows null for these: the default, as if absent.
+        return cls.model_fields[info.field_name or ""].default if v is None else v
 
     @field_validator("stop")
     @classmethod

@@ -46,6 +46,7 @@ _CHAT: dict[str, tuple[Any, ...]] = {
     "service_tier": (None, "auto", "default"),
 }
 _COMPLETIONS: dict[str, tuple[Any, ...]] = {
+    "response_format": (None, {"type": "text"}),  # vLLM's and llama.cpp's, here too
     "best_of": (None, 1),
     "suffix": (None, ""),
 }
@@ -56,6 +57,17 @@ _EXTENSIONS: dict[str, tuple[Any, ...]] = {
     "typical_p": (None, 1, 1.0),
     "min_tokens": (None, 0),
     "ignore_eos": (None, False),
+    "allowed_token_ids": (None, []),
+    "bad_words": (None, []),
+    "stop_token_ids": (None, []),
+    "prompt_logprobs": (None, 0),
+    "logits_processors": (None, []),
+    "structured_outputs": _NONE,
+    "n_probs": (None, 0),
+    "mirostat": (None, 0),
+    "dry_multiplier": (None, 0, 0.0),
+    "xtc_probability": (None, 0, 0.0),
+    "top_n_sigma": (None, -1, -1.0),
     "guided_json": _NONE,
     "guided_regex": _NONE,
     "guided_choice": _NONE,

@@ -309,7 +309,14 @@ class LlamaCppEngine(EngineBase):
             logits = L.llama_get_logits_ith(self._ctx.ctx, index)
             row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
             picker = slot.picker
-            self._on_token(slot, int(row.argmax()) if picker.greedy else picker.pick(row), row)
+            try:
+                token = int(row.argmax()) if picker.greedy else picker.pick(row)
+            except Exception:  # one request's sampling never takes the others down
+                log.exception("sampling failed for request %s", slot.request_id)
+                self._send(protocol.failed(slot.request_id, "sampling failed"))
+                self._release(slot, keep=False)
+                continue
+            self._on_token(slot, token, row)
 
     def _on_token(self, slot: Slot, token: int, row: np.ndarray) -> None:
         if self._L.llama_vocab_is_eog(self._vocab, token):

@@ -20,7 +20,7 @@ common sampler: logit bias, then its server's chain), with the same results:
    whole row's tempered weights: from the few heavy tokens when the draw falls among
    them, else (rarely) from the rest.
 
-With temperature 0, the adjusted row's argmax. A request's draws come from its own
+With temperature 0 (below 1e-6), the adjusted row's argmax. A request's draws come from its own
 generator, seeded from its `seed` when it has one: the same seed, the same logits, the
 same tokens.
 """
@@ -35,6 +35,7 @@ import numpy as np
 from inferplane.engines.worker.protocol import Sampling
 
 _PENALTY_LAST_N = 64  # llama.cpp's default window for the penalties
+_MIN_TEMPERATURE = 1e-6  # lower temperatures decode greedily
 
 
 class TokenPicker:
@@ -56,7 +57,9 @@ class TokenPicker:
             else None
         )
         # Plain greedy: the engine takes the row's argmax itself.
-        self.greedy = params.temperature <= 0 and not self._penalised and self._bias is None
+        self.greedy = (
+            params.temperature < _MIN_TEMPERATURE and not self._penalised and self._bias is None
+        )
         seed = params.seed if params.seed is not None else random.getrandbits(64)
         self._rng = np.random.Generator(np.random.PCG64(seed & 0xFFFFFFFFFFFFFFFF))
         self._history: deque[int] = deque()
@@ -67,7 +70,10 @@ class TokenPicker:
         if self._bias is not None or self._counts:
             row = self._adjusted(row)
         temperature = self.params.temperature
-        token = int(row.argmax()) if temperature <= 0 else self._draw(row, temperature)
+        # Below this, the draw is the argmax in all but float rounding (and 1 / T would
+        # overflow float32 on the way).
+        greedy = temperature < _MIN_TEMPERATURE
+        token = int(row.argmax()) if greedy else self._draw(row, temperature)
         if self._penalised:
             self._accept(token)
         return token
@@ -98,14 +104,17 @@ class TokenPicker:
             kept = _truncated(weights, p.top_k, p.top_p, p.min_p)
             tempered = weights[kept] ** np.float32(1.0 / temperature)
             return int(kept[_index(tempered, self._rng.random())])
-        total = float(weights.sum())
         heavy = np.flatnonzero(weights >= _BAR)
-        mass = float(weights[heavy].sum())
-        at = self._rng.random() * total
-        if at < mass:
-            return int(heavy[_index(weights[heavy], at / mass)])
+        mass = float(weights[heavy].sum(dtype=np.float64))
+        rest_mass = float(weights.sum(dtype=np.float64)) - mass
+        at = self._rng.random() * (mass + rest_mass)
+        if at < mass or rest_mass <= 0:
+            return int(heavy[_index(weights[heavy], min(at / mass, 1.0))])
         rest = np.flatnonzero(weights < _BAR)
-        return int(rest[_index(weights[rest], (at - mass) / (total - mass))])
+        rest_weights = weights[rest]
+        if not rest_weights.any():  # all below float32's range: only the heavy ones
+            return int(heavy[_index(weights[heavy], self._rng.random())])
+        return int(rest[_index(rest_weights, (at - mass) / rest_mass)])
 
     def _accept(self, token: int) -> None:
         self._history.append(token)
@@ -126,7 +135,9 @@ def log_probabilities(
     top_logit = row.max()
     weights = np.exp(row - top_logit)
     log_total = float(top_logit) + float(np.log(weights.sum(dtype=np.float64)))
-    alternatives = _heaviest(weights, count=top) if top else np.empty(0, dtype=np.intp)
+    # The `top` largest logits themselves (weights underflow far below the top).
+    alternatives = np.argpartition(row, -top)[-top:] if top else np.empty(0, dtype=np.intp)
+    alternatives = alternatives[np.argsort(-row[alternatives], kind="stable")]
     return (
         float(row[token]) - log_total,
         [(int(t), float(row[t]) - log_total) for t in alternatives],

@@ -203,3 +203,43 @@ def test_log_probabilities_are_the_rows_log_softmax() -> None:
     assert [t for t, _ in alternatives] == expected
     assert [lp for _, lp in alternatives] == pytest.approx([exact[t] for t in expected], abs=1e-5)
     assert log_probabilities(row, token, 0)[1] == []
+
+
+class _Last:
+    """numpy's generator, cornered: the largest draw below 1."""
+
+    def random(self) -> float:
+        return 1.0 - 2.0**-53
+
+
+def test_a_token_of_no_weight_is_never_drawn() -> None:
+    """A few tokens near the top, the rest so far below that their weights underflow to
+    0: even the last possible draw picks one of the few (a rounding gap between sums
+    once picked the vocabulary's last token)."""
+    row = np.full(4096, -200.0, dtype=np.float32)
+    near = [5, 77, 1000, 2048]
+    row[near] = [0.0, -1.0, -2.5, -3.0]
+    for temperature in (0.2, 1.0):
+        picker = TokenPicker(Sampling(temperature=temperature))
+        picker._rng = _Last()  # type: ignore[assignment]
+        assert picker.pick(row) in near
+
+
+def test_as_many_alternatives_as_asked_even_far_below_the_top() -> None:
+    row = np.full(VOCAB, -500.0, dtype=np.float32)
+    row[7] = 0.0
+    row[[3, 9]] = [-150.0, -300.0]
+    logprob, alternatives = log_probabilities(row, 7, 5)
+    assert logprob == pytest.approx(0.0, abs=1e-6)
+    assert [t for t, _ in alternatives][:3] == [7, 3, 9] and len(alternatives) == 5
+    assert alternatives[1][1] == pytest.approx(-150.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-7])
+def test_a_vanishing_temperature_is_greedy(temperature: float) -> None:
+    """1 / T overflows float32 for the smallest (a fuzzed request sent 5e-324 and the
+    NaNs took the worker down); below 1e-6 the draw is the argmax."""
+    row = _logits(14)
+    picker = TokenPicker(Sampling(temperature=temperature, top_p=0.9, presence_penalty=0.1))
+    assert picker.pick(row) == int(row.argmax())
+    assert TokenPicker(Sampling(temperature=temperature)).greedy

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictInt, field_validator
 
 from inferplane.api.openai.common import SamplingRequest
 from inferplane.api.openai.parameters import COMPLETIONS_UNSUPPORTED
+from inferplane.errors import UnsupportedParameter
 
 
 class CompletionRequest(SamplingRequest):
@@ -16,9 +17,12 @@ class CompletionRequest(SamplingRequest):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     echo: bool = False
     # The legacy API's: how many alternatives to report with each token's log probability.
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
 
     def logprobs_asked(self) -> int | None:
+        if self.logprobs is not None and self.echo:
+            # OpenAI's would cover the echoed prompt's tokens too: not computed here.
+            raise UnsupportedParameter("logprobs", "with echo")
         return self.logprobs
 
     @field_validator("prompt")

@@ -40,7 +40,7 @@ async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResp
         deadline=queue_deadline(request),
         outcome=request.state.outcome,
     )
-    result = await svc.inference.embed(ctx, model, body.inputs)
+    result = await svc.inference.embed(ctx, model, body.texts)
     tokens = sum(result.tokens)
     # Returned as a ready response: FastAPI's generic encoder walks every float in Python.
     return FastJSONResponse(
