@@ -306,6 +306,7 @@ def test_removing_a_deployment_lets_its_running_stream_finish(setup: Setup) -> N
         ("temperature", 1.5),
         ("logit_bias", {"5": 1}),
         ("logprobs", True),
+        ("response_format", {"type": "json_object"}),
     ],
 )
 def test_what_anthropic_cannot_honour_is_refused_by_name(

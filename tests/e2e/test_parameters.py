@@ -43,7 +43,7 @@ CHAT: dict[str, tuple[Any, str]] = {
     "prompt_cache_options": ({"mode": "implicit"}, HONOURED),
     "prompt_cache_retention": ("24h", HONOURED),
     "reasoning_effort": ("low", REFUSED),
-    "response_format": ({"type": "json_object"}, REFUSED),
+    "response_format": ({"type": "json_object"}, HONOURED),
     "safety_identifier": ("user-1", HONOURED),
     "seed": (7, HONOURED),
     "service_tier": ("flex", REFUSED),

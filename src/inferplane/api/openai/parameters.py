@@ -31,7 +31,6 @@ _CHAT: dict[str, tuple[Any, ...]] = {
     "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
     # Output kinds and features of other kinds of model.
     "audio": _NONE,
     "modalities": (None, ["text"]),

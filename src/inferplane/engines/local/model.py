@@ -18,6 +18,7 @@ from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Pr
 from inferplane.engines.local.assets import ModelAsset
 from inferplane.engines.local.fair_queue import FairQueue
 from inferplane.engines.local.prompts import EmbeddingTokens, LlamaPrompts, PreparedPrompt
+from inferplane.engines.local.structured import grammar_for
 from inferplane.engines.local.supervisor import ManagedWorker
 from inferplane.engines.local.wire import Vectors, generation_event, vectors
 from inferplane.engines.worker.protocol import Embed, Generate, Sampling
@@ -120,6 +121,7 @@ class LocalLLM(LocalModel):
             Sampling.of(sampling),
             caller.scope,
             sampling.get("logprobs"),
+            grammar_for(sampling.get("response_format")),
         )
         async with self._slot(caller, len(prompt.tokens) + prompt.max_tokens):
             dispatched(len(prompt.tokens))

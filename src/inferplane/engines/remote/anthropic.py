@@ -94,14 +94,21 @@ class AnthropicEngine(RemoteEngine):
         yield Finished(finish, prompt, completion)
 
     def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
-        """Anthropic's Messages API has no seed, no penalties, no logit bias and no
-        min-p (it has top-k), and its temperature ends at 1 (OpenAI's at 2)."""
+        """Anthropic's Messages API has no seed, no penalties, no logit bias, no min-p
+        and no response format (it has top-k), and its temperature ends at 1 (OpenAI's
+        at 2)."""
         refused = super().refusal(sampling)
         if refused is not None:
             return refused
         if sampling.get("seed") is not None:
             return UnsupportedParameter("seed")
-        for name in ("presence_penalty", "frequency_penalty", "logit_bias", "min_p"):
+        for name in (
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+            "min_p",
+            "response_format",
+        ):
             if sampling.get(name):
                 return UnsupportedParameter(name)
         if sampling.get("repetition_penalty", 1) != 1:

@@ -38,6 +38,7 @@ import numpy as np
 from inferplane.config import ModelSpec
 from inferplane.engines.worker import protocol
 from inferplane.engines.worker.base import EngineBase
+from inferplane.engines.worker.grammar import Grammar, scratch_for
 from inferplane.engines.worker.protocol import Channel
 from inferplane.engines.worker.sampler import TokenPicker, log_probabilities
 from inferplane.engines.worker.slots import Slot, pick_slot
@@ -86,6 +87,7 @@ class LlamaCppEngine(EngineBase):
         self._vocab = self._model.vocab
         self._n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self._slots: dict[int, Slot] = {}
+        self._scratch: np.ndarray | None = None  # the vocabulary, for grammars' masks
         # Prefix reuse: a free sequence slot keeps the KV cells of its last prompt, with
         # that prompt's scope; a new request takes the free slot sharing the longest
         # prefix with its own prompt, within its scope, and prefills only the rest.
@@ -159,10 +161,8 @@ class LlamaCppEngine(EngineBase):
             if not tokens or len(tokens) >= self._n_ctx:
                 self._send(protocol.too_long(rid, len(tokens), self._n_ctx))
                 continue
-            beyond = [t for t, _ in op.sampling.logit_bias if not 0 <= t < self._n_vocab]
-            if beyond:
-                message = f"logit_bias names token {beyond[0]}, not in this model's vocabulary."
-                self._send(protocol.invalid(rid, message, "logit_bias"))
+            picker = self._picker(rid, op)
+            if picker is None:
                 continue
             cached = self._cached if self._prefix_cache else None
             seq_id, reuse = pick_slot(free, self._slots, cached, op.scope, tokens)
@@ -175,7 +175,7 @@ class LlamaCppEngine(EngineBase):
                 prompt=tokens,
                 max_tokens=min(op.max_tokens, self._n_ctx - len(tokens)),
                 stops=StopMatcher(op.stop),
-                picker=TokenPicker(op.sampling),
+                picker=picker,
                 logprobs=op.logprobs,
                 lstrip=op.lstrip,
                 scope=op.scope,
@@ -183,6 +183,26 @@ class LlamaCppEngine(EngineBase):
             )
             self._stats.tokens["reused"] += reuse
             self._send(protocol.started(rid, len(tokens), seq_id))
+
+    def _picker(self, rid: int, op: protocol.Generate) -> TokenPicker | None:
+        """How the request picks its tokens; None (the request refused) when it names a
+        token outside the vocabulary or a grammar that does not parse."""
+        beyond = [t for t, _ in op.sampling.logit_bias if not 0 <= t < self._n_vocab]
+        if beyond:
+            message = f"logit_bias names token {beyond[0]}, not in this model's vocabulary."
+            self._send(protocol.invalid(rid, message, "logit_bias"))
+            return None
+        grammar = None
+        if op.grammar is not None:
+            if self._scratch is None:
+                self._scratch = scratch_for(self._n_vocab)
+            try:
+                grammar = Grammar(self._L, self._vocab, op.grammar, self._scratch)
+            except ValueError:
+                message = "The output format does not compile to a grammar."
+                self._send(protocol.invalid(rid, message, "response_format"))
+                return None
+        return TokenPicker(op.sampling, grammar)
 
     def _drop_cancelled(self) -> None:
         cancelled = self._take_all_cancelled()
@@ -365,6 +385,7 @@ class LlamaCppEngine(EngineBase):
 
     def _release(self, slot: Slot, *, keep: bool = True) -> None:
         L = self._L
+        slot.picker.close()
         if keep and self._prefix_cache and slot.prefilled:
             # Keep the prompt's cells (drop the generated ones) for a later request.
             L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, slot.prefilled, -1)

@@ -4,7 +4,7 @@ Gateway -> worker (`op`; `Generate` and `Embed` below, sent with `wire`):
     {"op": "generate", "id": N, "tokens": [...], "max_tokens", "stop", "lstrip",
      "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k",
      "min_p", "repetition_penalty", "logit_bias": {"token id": bias}, "scope",
-     "logprobs": null or how many alternatives per token}
+     "logprobs": null or how many alternatives per token, "grammar": null or GBNF}
     {"op": "embed", "id": N, "input": [str, ...]}
     {"op": "cancel", "id": N}          stop working on request N (client went away)
     {"op": "ping", "id": N}            health check, answered by the socket thread
@@ -95,6 +95,7 @@ class Generate:
     sampling: Sampling
     scope: str  # who may reuse the prompt's cached prefix
     logprobs: int | None = None  # report each token's log probability and this many others
+    grammar: str | None = None  # GBNF the output must follow (structured outputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ def wire(op: Op, rid: int) -> Message:
         "logit_bias": {str(t): b for t, b in s.logit_bias},
         "scope": op.scope,
         "logprobs": op.logprobs,
+        "grammar": op.grammar,
     }
 
 
@@ -146,6 +148,7 @@ def parse(msg: Message) -> Op:
                 sampling=Sampling.of(msg),
                 scope=str(msg.get("scope") or ""),
                 logprobs=None if msg.get("logprobs") is None else int(msg["logprobs"]),
+                grammar=None if msg.get("grammar") is None else str(msg["grammar"]),
             )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed {msg.get('op')!r} request: {exc!r}") from None

@@ -32,6 +32,7 @@ from collections import Counter, deque
 
 import numpy as np
 
+from inferplane.engines.worker.grammar import Grammar
 from inferplane.engines.worker.protocol import Sampling
 
 _PENALTY_LAST_N = 64  # llama.cpp's default window for the penalties
@@ -41,10 +42,20 @@ _MIN_TEMPERATURE = 1e-6  # lower temperatures decode greedily
 class TokenPicker:
     """One sequence's way of picking tokens: its parameters, generator and history."""
 
-    __slots__ = ("_bias", "_counts", "_history", "_penalised", "_rng", "greedy", "params")
+    __slots__ = (
+        "_bias",
+        "_counts",
+        "_history",
+        "_penalised",
+        "_rng",
+        "grammar",
+        "greedy",
+        "params",
+    )
 
-    def __init__(self, params: Sampling):
+    def __init__(self, params: Sampling, grammar: Grammar | None = None):
         self.params = params
+        self.grammar = grammar  # what the output must follow (`grammar.py`)
         self._penalised = bool(
             params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1
         )
@@ -58,7 +69,10 @@ class TokenPicker:
         )
         # Plain greedy: the engine takes the row's argmax itself.
         self.greedy = (
-            params.temperature < _MIN_TEMPERATURE and not self._penalised and self._bias is None
+            params.temperature < _MIN_TEMPERATURE
+            and not self._penalised
+            and self._bias is None
+            and grammar is None
         )
         seed = params.seed if params.seed is not None else random.getrandbits(64)
         self._rng = np.random.Generator(np.random.PCG64(seed & 0xFFFFFFFFFFFFFFFF))
@@ -69,14 +83,29 @@ class TokenPicker:
         """The next token from this sequence's logits row (not modified)."""
         if self._bias is not None or self._counts:
             row = self._adjusted(row)
-        temperature = self.params.temperature
-        # Below this, the draw is the argmax in all but float rounding (and 1 / T would
-        # overflow float32 on the way).
-        greedy = temperature < _MIN_TEMPERATURE
-        token = int(row.argmax()) if greedy else self._draw(row, temperature)
+        token = self._choose(row)
+        grammar = self.grammar
+        if grammar is not None:
+            if not grammar.allows(token):
+                # Drawn again from the tokens the grammar allows (exact: see grammar.py).
+                row = np.where(grammar.mask(), row, np.float32(-np.inf))
+                token = self._choose(row)
+            grammar.accept(token)
         if self._penalised:
             self._accept(token)
         return token
+
+    def _choose(self, row: np.ndarray) -> int:
+        temperature = self.params.temperature
+        # Below this, the draw is the argmax in all but float rounding (and 1 / T would
+        # overflow float32 on the way).
+        if temperature < _MIN_TEMPERATURE:
+            return int(row.argmax())
+        return self._draw(row, temperature)
+
+    def close(self) -> None:
+        if self.grammar is not None:
+            self.grammar.close()
 
     def _adjusted(self, row: np.ndarray) -> np.ndarray:
         row = row.copy()

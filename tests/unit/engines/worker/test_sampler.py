@@ -11,7 +11,7 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 import pytest
-from scipy.stats import chi2_contingency
+from scipy.stats import chi2_contingency, chisquare
 
 from inferplane.engines.worker.protocol import Sampling
 from inferplane.engines.worker.sampler import TokenPicker, log_probabilities
@@ -243,3 +243,53 @@ def test_a_vanishing_temperature_is_greedy(temperature: float) -> None:
     picker = TokenPicker(Sampling(temperature=temperature, top_p=0.9, presence_penalty=0.1))
     assert picker.pick(row) == int(row.argmax())
     assert TokenPicker(Sampling(temperature=temperature)).greedy
+
+
+class _Allowing:
+    """A grammar that allows a fixed set of tokens (llama.cpp's grammar sampler's part,
+    played by a set)."""
+
+    def __init__(self, allowed: set[int]):
+        self.allowed = allowed
+        self.masks = 0
+        self.accepted: list[int] = []
+
+    def allows(self, token: int) -> bool:
+        return token in self.allowed
+
+    def mask(self) -> np.ndarray:
+        self.masks += 1
+        return np.isin(np.arange(VOCAB), sorted(self.allowed))
+
+    def accept(self, token: int) -> None:
+        self.accepted.append(token)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_grammar_draws_from_the_allowed_tokens_only_in_their_proportions() -> None:
+    """Draw, and only when the grammar refuses, mask and draw again: exactly the
+    distribution restricted to the allowed tokens."""
+    row = _logits(15, scale=1.5)
+    allowed = {int(t) for t in np.argsort(-row)[1:12:2]}  # not the likeliest
+    grammar = _Allowing(allowed)
+    picker = TokenPicker(Sampling(temperature=0.9, seed=3), grammar)  # type: ignore[arg-type]
+    ours = Counter(picker.pick(row) for _ in range(DRAWS))
+    assert set(ours) <= allowed
+    assert grammar.accepted[:5] == [t for t in grammar.accepted[:5] if t in allowed]
+    weights = np.exp((row.astype(np.float64) - row.max()) / 0.9)
+    kept = sorted(allowed)
+    expected = weights[kept] / weights[kept].sum() * DRAWS
+    observed = np.array([ours[t] for t in kept])
+    assert chisquare(observed, expected).pvalue > 1e-3
+    assert 0 < grammar.masks < DRAWS  # masked only when the first draw was refused
+
+
+def test_greedy_under_a_grammar_is_the_best_allowed_token() -> None:
+    row = _logits(16)
+    order = [int(t) for t in np.argsort(-row)]
+    grammar = _Allowing({order[3], order[7]})
+    picker = TokenPicker(Sampling(temperature=0.0), grammar)  # type: ignore[arg-type]
+    assert not picker.greedy  # the engine's own argmax would skip the grammar
+    assert picker.pick(row) == order[3]
