@@ -5,15 +5,16 @@ and 16 concurrent streams, in one run, for
   (c) the raw batched-decode limit: a loop over `llama_decode` with B sequences and no
       server at all.
 Each of N closed-loop clients streams distinct prompts back to back for SECONDS,
-decoding 0.5x to 1.5x `--tokens` tokens, greedy or sampled (`--mixes`: inferplane runs
-each; sampled is temperature 0.8 and top_p 0.95, what most applications send; the raw
-loop and llama_cpp.server decode greedily), as serving benchmarks with a fixed
+decoding 0.5x to 1.5x `--tokens` tokens, greedy, sampled or sampled under a JSON schema
+(`--mixes`: inferplane runs each; sampled is temperature 0.8 and top_p 0.95, what most
+applications send; the schema mix goes through chat, and its answers end when their JSON
+does; the raw loop and llama_cpp.server decode greedily), as serving benchmarks with a fixed
 concurrency do (vLLM's `--max-concurrency`): after the first wave, in which all N
 requests arrive at once, requests reach the server at staggered times. Throughput counts
 the tokens received within the window; time to first token is reported for the first
 wave and for the steady state after it.
 
-    .venv/bin/python bench/batching.py [--tokens 96] [--mixes greedy,sampled]
+    .venv/bin/python bench/batching.py [--tokens 96] [--mixes greedy,sampled,json_schema]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -43,9 +45,26 @@ from tests.e2e.server import free_port, running_server  # noqa: E402
 
 STREAMS = (1, 4, 8, 16)
 SECONDS = 20.0
-MIXES: dict[str, dict[str, float]] = {
+_RECORD = {
+    "type": "object",
+    "properties": {
+        "numbers": {"type": "array", "items": {"type": "integer"}},
+        "note": {"type": "string"},
+    },
+    "required": ["numbers", "note"],
+}
+MIXES: dict[str, dict[str, Any]] = {
     "greedy": {"temperature": 0.0},
     "sampled": {"temperature": 0.8, "top_p": 0.95},
+    # Sampled under a JSON schema (chat: /v1/completions has no response_format).
+    "json_schema": {
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "record", "schema": _RECORD},
+        },
+    },
 }
 
 
@@ -55,7 +74,7 @@ def clients_run(
     streams: int,
     tokens: int,
     seconds: float = SECONDS,
-    sampling: dict[str, float] = MIXES["greedy"],
+    sampling: dict[str, Any] = MIXES["greedy"],
 ) -> tuple[float, float, float, float]:
     """(aggregate completion tokens/s, median TTFT of the first wave, of the later
     requests, of all requests) for `streams` closed-loop clients sending requests for
@@ -75,18 +94,14 @@ def clients_run(
             length = random.Random(i * 1000 + r).randint(tokens // 2, tokens * 3 // 2)
             sent = time.perf_counter()
             first = None
-            with client.completions.create(
-                model=model,
-                prompt=f"{i + r}, {i + r + 1}, {i + r + 2},",
-                max_tokens=length,
-                stream=True,
-                **sampling,  # type: ignore[arg-type]
+            with _stream(
+                client, model, f"{i + r}, {i + r + 1}, {i + r + 2},", length, sampling
             ) as stream:
                 for chunk in stream:
                     now = time.perf_counter()
                     if now >= deadline:
                         break  # tokens after the window do not count; the stream is closed
-                    if chunk.choices and chunk.choices[0].text:
+                    if _piece(chunk):
                         n += 1  # one streamed piece per token (no stop strings here)
                         if first is None:
                             first = now - sent
@@ -110,6 +125,33 @@ def clients_run(
         statistics.median(first_wave),
         statistics.median(later) if later else statistics.median(first_wave),
         statistics.median(first_wave + later),
+    )
+
+
+def _stream(
+    client: openai.OpenAI, model: str, prompt: str, length: int, sampling: dict[str, Any]
+) -> Any:
+    """A streamed completion; a chat one for a mix with a response format."""
+    if "response_format" in sampling:
+        return client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": f"Continue as JSON: {prompt}"}],
+            max_tokens=length,
+            stream=True,
+            **sampling,
+        )
+    return client.completions.create(
+        model=model, prompt=prompt, max_tokens=length, stream=True, **sampling
+    )
+
+
+def _piece(chunk: Any) -> bool:
+    """Whether a streamed chunk holds a generated piece (one per token)."""
+    if not chunk.choices:
+        return False
+    choice = chunk.choices[0]
+    return bool(
+        getattr(choice, "text", None) or getattr(getattr(choice, "delta", None), "content", None)
     )
 
 
@@ -212,7 +254,7 @@ def llama_cpp_server(gguf: Path, tokens: int) -> dict[int, tuple[float, float, f
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=96)
-    parser.add_argument("--mixes", default="greedy,sampled")
+    parser.add_argument("--mixes", default="greedy,sampled,json_schema")
     args = parser.parse_args()
     mixes = args.mixes.split(",")
     with tempfile.TemporaryDirectory() as tmp:
