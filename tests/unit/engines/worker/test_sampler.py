@@ -277,7 +277,7 @@ def test_a_grammar_draws_from_the_allowed_tokens_only_in_their_proportions() -> 
     picker = TokenPicker(Sampling(temperature=0.9, seed=3), grammar)  # type: ignore[arg-type]
     ours = Counter(picker.pick(row) for _ in range(DRAWS))
     assert set(ours) <= allowed
-    assert grammar.accepted[:5] == [t for t in grammar.accepted[:5] if t in allowed]
+    assert set(grammar.accepted) <= allowed and len(grammar.accepted) == DRAWS
     weights = np.exp((row.astype(np.float64) - row.max()) / 0.9)
     kept = sorted(allowed)
     expected = weights[kept] / weights[kept].sum() * DRAWS
