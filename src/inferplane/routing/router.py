@@ -157,11 +157,17 @@ async def attempts(
     excluded: set[str] = set()  # cannot serve this request at all (too long, refused)
     while tried < alias.max_attempts and plan:
         progressed = False
+        held: list[float] = []  # the Retry-After ends of those skipped for one
         for owner, dep in plan:
             now = time.monotonic()
             if tried >= alias.max_attempts or now >= deadline:
                 break
-            if dep.name in excluded or dep.not_before > now or not dep.breaker.allow():
+            if dep.name in excluded:
+                continue
+            if dep.not_before > now:
+                held.append(dep.not_before)
+                continue
+            if not dep.breaker.allow():
                 continue
             progressed = True
             failures = failed_here.get(dep.name, 0)
@@ -182,7 +188,7 @@ async def attempts(
             failed_here[dep.name] = failures + 1
             if _only_elsewhere(last):
                 excluded.add(dep.name)
-        if not progressed and not await _wait_out_retry_after(plan, deadline):
+        if not progressed and not await _wait_out_retry_after(held, deadline):
             break
     if last is not None:
         raise last
@@ -199,13 +205,18 @@ async def _back_off(alias: Alias, failures: int, now: float, deadline: float) ->
     return time.monotonic() < deadline
 
 
-async def _wait_out_retry_after(plan: list[tuple[Alias, Deployment]], deadline: float) -> bool:
-    """No candidate could be tried. Wait for an upstream's Retry-After when it ends
-    soon (within `_MAX_RETRY_AFTER_WAIT_S`) and before the deadline; whether to go on.
-    Open breakers fail fast: waiting out a cooldown is left to the caller."""
+async def _wait_out_retry_after(held: list[float], deadline: float) -> bool:
+    """No candidate could be tried. Wait for the first of the Retry-Afters that held
+    deployments back this round (`held`, their ends) when it ends soon (within
+    `_MAX_RETRY_AFTER_WAIT_S`) and before the deadline; whether to go on. One that ended
+    since the round skipped its deployment means going on at once: the clock is read
+    again here, and a timer may wake a hair early. Open breakers fail fast: waiting out a
+    cooldown is left to the caller."""
+    if not held:
+        return False
     now = time.monotonic()
-    wait = min((d.not_before - now for _, d in plan if d.not_before > now), default=None)
-    if wait is None or wait > _MAX_RETRY_AFTER_WAIT_S or now + wait >= deadline:
+    wait = max(0.0, min(held) - now)
+    if wait > _MAX_RETRY_AFTER_WAIT_S or now + wait >= deadline:
         return False
     await asyncio.sleep(wait)
     return True

@@ -266,6 +266,30 @@ def test_short_retry_after_is_waited_out_when_nothing_else_can_serve() -> None:
     assert any(refused_at < t < a.not_before for t in res.ticks)
 
 
+def test_a_retry_after_that_ends_while_the_round_looks_elsewhere_is_still_waited_for() -> None:
+    """A's Retry-After ends after the round skipped it but while it still looked at
+    another deployment (here b, whose breaker's clock is slow): the loop comes back to a
+    instead of giving up with a's 429. (A race CI met once: a timer that fired a hair
+    early, then the Retry-After ending between two readings of the clock.)"""
+    a = _dep("a", FailBefore(_err("rate_limited", retry_after=0.05)), Serve(("ok",)))
+    readings = 0
+
+    def slow_clock() -> float:
+        nonlocal readings
+        readings += 1
+        if readings == 3:  # b's check in the round that skipped a
+            time.sleep(max(0.0, a.not_before - time.monotonic()) + 0.005)
+        return time.monotonic()
+
+    b = _dep("b", failures=1, clock=slow_clock)
+    b.breaker.failure()  # open for a minute (the first reading)
+    alias = _alias(a, b)
+    res = _request(alias, _plan(alias))
+    assert res.error is None and res.text == "ok"
+    assert res.runs == [("main", "a"), ("main", "a")]
+    assert readings == 3  # b was asked in the first two rounds; a served in the third
+
+
 @pytest.mark.parametrize(
     ("retry_after", "deadline_s"),
     [(11.0, 120.0), (5.0, 2.0)],
