@@ -156,18 +156,12 @@ async def attempts(
     failed_here: dict[str, int] = {}
     excluded: set[str] = set()  # cannot serve this request at all (too long, refused)
     while tried < alias.max_attempts and plan:
-        progressed = False
-        held: list[float] = []  # the Retry-After ends of those skipped for one
+        progressed, held = False, list[float]()  # held: Retry-After ends of those skipped
         for owner, dep in plan:
             now = time.monotonic()
             if tried >= alias.max_attempts or now >= deadline:
                 break
-            if dep.name in excluded:
-                continue
-            if dep.not_before > now:
-                held.append(dep.not_before)
-                continue
-            if not dep.breaker.allow():
+            if _passed_by(dep, excluded, held, now):
                 continue
             progressed = True
             failures = failed_here.get(dep.name, 0)
@@ -193,6 +187,18 @@ async def attempts(
     if last is not None:
         raise last
     raise Unavailable(f"No deployment of '{alias.id}' can serve this request right now.")
+
+
+def _passed_by(dep: Deployment, excluded: set[str], held: list[float], now: float) -> bool:
+    """Whether this round passes `dep` by: it cannot serve the request, its upstream
+    asked to wait (the wait's end goes to `held`), or its breaker lets nothing through.
+    Else the breaker's permission is taken."""
+    if dep.name in excluded:
+        return True
+    if dep.not_before > now:
+        held.append(dep.not_before)
+        return True
+    return not dep.breaker.allow()
 
 
 async def _back_off(alias: Alias, failures: int, now: float, deadline: float) -> bool:
