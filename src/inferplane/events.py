@@ -4,6 +4,7 @@ inferplane, so engines, pipeline and api may all import it without a cycle."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -30,20 +31,34 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of the answer's `index`-th tool call: its first piece carries the call's
+    `id` and function `name` (with the arguments so far, maybe none), later pieces more
+    of its `arguments` (JSON text; all pieces joined, the whole arguments object)."""
+
+    index: int
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+    tokens_so_far: int = 0  # as TextDelta's
+    more: bool = False  # as TextDelta's
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
 
 
-GenerationEvent = Started | TextDelta | Finished
+GenerationEvent = Started | TextDelta | ToolCallDelta | Finished
 
 
 def in_hand(events: list[GenerationEvent], then_more: bool) -> list[GenerationEvent]:
-    """The events parsed from one read of an upstream, its texts made with `more=True`:
+    """The events parsed from one read of an upstream, its deltas made with `more=True`:
     the last one keeps it only when another event follows at once (`then_more`)."""
-    if events and not then_more and isinstance(last := events[-1], TextDelta):
-        events[-1] = TextDelta(last.text, last.tokens_so_far)
+    if events and not then_more and isinstance(last := events[-1], TextDelta | ToolCallDelta):
+        events[-1] = dataclasses.replace(last, more=False)
     return events
 
 

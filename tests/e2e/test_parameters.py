@@ -51,8 +51,8 @@ CHAT: dict[str, tuple[Any, str]] = {
     "store": (True, REFUSED),
     "stream_options": ({"include_usage": True}, HONOURED),  # with stream=True
     "temperature": (0.5, HONOURED),
-    "tool_choice": ("required", REFUSED),
-    "tools": ([TOOL], REFUSED),
+    "tool_choice": ("required", REFUSED),  # alone: it needs tools (test_tools.py)
+    "tools": ([TOOL], HONOURED),
     "top_logprobs": (2, REFUSED),  # without logprobs: 400 naming it (with: honoured)
     "top_p": (0.5, HONOURED),
     "user": ("user-1", HONOURED),

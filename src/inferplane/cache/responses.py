@@ -173,6 +173,8 @@ class ResponseCache:
             return None
         if request.get("logprobs") is not None:
             return None  # an answer is kept without its log probabilities
+        if request.get("tools"):
+            return None  # an answer is kept as text, not as tool calls
         if mode == "deterministic" and not _deterministic(request):
             return None
         scope = self._scope_of(principal)

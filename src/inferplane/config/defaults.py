@@ -6,10 +6,25 @@ from __future__ import annotations
 # models continue a plain transcript far better than Gemma's instruction-tuned turn
 # tokens (measured: the turn format made it echo the question, this one answers), so
 # chat messages are rendered as a transcript and generation stops at the next turn.
+#
+# Tools (OpenAI's `tools`) are listed first, with the form of a call; an assistant's
+# calls and the tools' results are turns of the transcript. Calls are written as
+# Hermes-style models write them: the form `engines/local/tools.py` decodes and reads.
 DEFAULT_CHAT_TEMPLATE = (
+    "{% if tools %}"
+    "You can call functions. To call one, answer with\n"
+    '<tool_call>{"name": "the function\'s name", "arguments": {the arguments}}</tool_call>\n'
+    "The functions:\n"
+    "{% for t in tools %}{{ t.function | tojson }}\n{% endfor %}\n"
+    "{% endif %}"
     "{% for m in messages %}"
     "{% if m.role in ('system', 'developer') %}{{ m.content }}\n\n"
-    "{% elif m.role == 'assistant' %}Assistant: {{ m.content }}\n"
+    "{% elif m.role == 'assistant' %}Assistant: {{ m.content or '' }}"
+    "{% for c in m.tool_calls or [] %}"
+    '<tool_call>{"name": {{ c.function.name | tojson }}, '
+    '"arguments": {{ c.function.arguments | tojson }}}</tool_call>'
+    "{% endfor %}\n"
+    "{% elif m.role == 'tool' %}Tool: {{ m.content }}\n"
     "{% else %}User: {{ m.content }}\n"
     "{% endif %}"
     "{% endfor %}"

@@ -64,7 +64,8 @@ class GenerationInput:
         per chat message; the upstream's reported usage settles the real count."""
         if "messages" in self.prompt:
             msgs = self.prompt["messages"]
-            return sum(len(str(m.get("content") or "").encode()) // 4 + 4 for m in msgs) + 2
+            tools = len(str(self.prompt.get("tools") or "").encode()) // 4
+            return sum(len(str(m.get("content") or "").encode()) // 4 + 4 for m in msgs) + tools + 2
         return len(str(self.prompt.get("prompt") or "").encode()) // 4 + 1
 
 
@@ -101,9 +102,12 @@ class Engine(Protocol):
         deadline bounds it)."""
         ...
 
-    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
-        """Why this engine cannot honour the request's sampling parameters (the first it
-        cannot), or None: routing leaves such a deployment out."""
+    def refusal(
+        self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
+    ) -> UnsupportedParameter | None:
+        """Why this engine cannot honour the request (`GenerationInput.prompt`, and its
+        sampling parameters): the first parameter it cannot, or None. Routing leaves
+        such a deployment out."""
         ...
 
     async def prepare(self, request: GenerationInput) -> Prepared: ...
@@ -147,7 +151,9 @@ class Refusals:
         """The model's name in an error."""
         raise NotImplementedError
 
-    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+    def refusal(
+        self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
+    ) -> UnsupportedParameter | None:
         return None  # every parameter the API accepts
 
     async def prepare(self, request: GenerationInput) -> Prepared:

@@ -97,7 +97,7 @@ class Planner:
         deployments = self.router.plan(alias, route)
         if not deployments:
             raise NoDeployment(alias.id)
-        deployments = _honouring(deployments, sampling)
+        deployments = _honouring(deployments, request.prompt, sampling)
         plan = Plan(request, route, deployments, prompt_tokens, max_tokens, prepared, sampling)
         # Engines without a tokenizer are prepared now (no work but a dict): their
         # attempts then start without another step.
@@ -140,17 +140,21 @@ class Planner:
         self._metrics.route_complexity.labels(alias.id, "large" if large else "small").inc()
         if large:
             route = dataclasses.replace(plan.route, complex=True)
-            plan.deployments = _honouring(self.router.plan(alias, route), plan.sampling)
+            plan.deployments = _honouring(
+                self.router.plan(alias, route), plan.request.prompt, plan.sampling
+            )
 
 
 def _honouring(
-    deployments: list[tuple[Alias, Deployment]], sampling: Mapping[str, Any]
+    deployments: list[tuple[Alias, Deployment]],
+    prompt: Mapping[str, Any],
+    sampling: Mapping[str, Any],
 ) -> list[tuple[Alias, Deployment]]:
-    """The deployments whose engines honour every sampling parameter; if there were
-    some and none does, the first refusal is raised."""
+    """The deployments whose engines honour every parameter of the request; if there
+    were some and none does, the first refusal is raised."""
     honouring, refusal = [], None
     for owner, dep in deployments:
-        refused = dep.engine.refusal(sampling)
+        refused = dep.engine.refusal(prompt, sampling)
         if refused is None:
             honouring.append((owner, dep))
         else:

@@ -26,7 +26,7 @@ from inferplane.cache.responses import Directives, ResponseCache
 from inferplane.config.policy import PolicySettings
 from inferplane.engines.interface import Caller, GenerationInput
 from inferplane.engines.local.model import LocalEmbedder, LocalModel
-from inferplane.events import Embeddings, Finished, GenerationEvent, TextDelta
+from inferplane.events import Embeddings, Finished, GenerationEvent, TextDelta, ToolCallDelta
 from inferplane.pipeline.admission import Admission, Admitter, rate_scopes, token_cap
 from inferplane.pipeline.caching import CacheStage, Recorder
 from inferplane.pipeline.catalogue import Catalogue
@@ -186,6 +186,9 @@ class InferenceService:
                         tally.completion = event.tokens_so_far
                         if recorder is not None:
                             recorder.parts.append(event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        clock.tick()
+                        tally.completion = event.tokens_so_far
                     elif isinstance(event, Finished):
                         self._finished(ctx, alias.id, admission, tally, recorder, event)
                     yield event

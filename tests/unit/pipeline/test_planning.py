@@ -233,7 +233,9 @@ def test_a_prompt_over_the_threshold_needs_no_classifier() -> None:
 class _NoSeed(ScriptedEngine):
     """An engine whose API has no seed (as Anthropic's)."""
 
-    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+    def refusal(
+        self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
+    ) -> UnsupportedParameter | None:
         return UnsupportedParameter("seed") if sampling.get("seed") is not None else None
 
 

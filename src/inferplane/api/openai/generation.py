@@ -19,7 +19,14 @@ from inferplane.api.services import services
 from inferplane.cache.responses import Directives
 from inferplane.engines.interface import GenerationInput
 from inferplane.errors import ClientGone, InferplaneError, InvalidRequest
-from inferplane.events import Finished, GenerationEvent, Started, TextDelta, TokenLogprob
+from inferplane.events import (
+    Finished,
+    GenerationEvent,
+    Started,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+)
 from inferplane.pipeline.context import RequestContext
 from inferplane.routing.strategies import RouteRequest
 from inferplane.tenancy.records import Principal
@@ -180,17 +187,19 @@ async def _disconnected(request: Request) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Collected:
-    """A whole generation: its text, its end, and its tokens' log probabilities (None:
-    not asked)."""
+    """A whole generation: its text, its end, its tokens' log probabilities (None: not
+    asked) and its tool calls, in OpenAI's form."""
 
     text: str
     done: Finished
     logprobs: list[TokenLogprob] | None
+    tool_calls: list[dict[str, Any]]
 
 
 async def _collect(generation: Generation) -> Collected:
     parts: list[str] = []
     logprobs: list[TokenLogprob] | None = None
+    calls: dict[int, dict[str, Any]] = {}
     try:
         async for event in generation.events:
             if isinstance(event, TextDelta):
@@ -198,8 +207,17 @@ async def _collect(generation: Generation) -> Collected:
                 if event.logprobs is not None:
                     logprobs = logprobs if logprobs is not None else []
                     logprobs.extend(event.logprobs)
+            elif isinstance(event, ToolCallDelta):
+                call = calls.setdefault(
+                    event.index, {"id": None, "type": "function", "function": {"arguments": ""}}
+                )
+                call["id"] = event.id or call["id"]
+                if event.name is not None:
+                    call["function"]["name"] = event.name
+                call["function"]["arguments"] += event.arguments
             elif isinstance(event, Finished):
-                return Collected("".join(parts), event, logprobs)
+                tool_calls = [calls[i] for i in sorted(calls)]
+                return Collected("".join(parts), event, logprobs, tool_calls)
     finally:
         # Closing runs the pipeline's settle-and-record step before we answer.
         await generation.events.aclose()
@@ -317,7 +335,9 @@ class EventStreamResponse(Response):
         try:
             async for event in events:
                 held.append(fmt(event))
-                if isinstance(event, Finished) or (isinstance(event, TextDelta) and event.more):
+                if isinstance(event, Finished) or (
+                    isinstance(event, TextDelta | ToolCallDelta) and event.more
+                ):
                     continue  # what follows is in hand already
                 await write(held, True)
                 held.clear()

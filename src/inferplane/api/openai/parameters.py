@@ -26,9 +26,7 @@ from inferplane.errors import UnsupportedParameter
 # name -> the values that ask for nothing (None: the JSON null, as if absent).
 _NONE: tuple[Any, ...] = (None,)
 _CHAT: dict[str, tuple[Any, ...]] = {
-    # Tools and structured outputs.
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
+    # OpenAI's deprecated forerunners of `tools` and `tool_choice`.
     "functions": (None, []),
     "function_call": (None, "none"),
     # Output kinds and features of other kinds of model.

@@ -6,7 +6,7 @@ before they are queued."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +20,10 @@ from inferplane.engines.local.fair_queue import FairQueue
 from inferplane.engines.local.prompts import EmbeddingTokens, LlamaPrompts, PreparedPrompt
 from inferplane.engines.local.structured import grammar_for
 from inferplane.engines.local.supervisor import ManagedWorker
+from inferplane.engines.local.tools import read_tool_calls
 from inferplane.engines.local.wire import Vectors, generation_event, vectors
 from inferplane.engines.worker.protocol import Embed, Generate, Sampling
-from inferplane.errors import InferplaneError
+from inferplane.errors import InferplaneError, UnsupportedParameter
 from inferplane.events import Embeddings, GenerationEvent
 from inferplane.telemetry.metrics import Metrics
 
@@ -102,7 +103,7 @@ class LocalLLM(LocalModel):
             )
         return Prepared(len(prompt.tokens), prompt.max_tokens, prompt, prompt.dropped_turns)
 
-    async def generate(
+    def generate(
         self,
         prepared: Prepared,
         sampling: dict[str, Any],
@@ -121,15 +122,31 @@ class LocalLLM(LocalModel):
             Sampling.of(sampling),
             caller.scope,
             sampling.get("logprobs"),
-            grammar_for(sampling.get("response_format")),
+            prompt.grammar or grammar_for(sampling.get("response_format")),
         )
-        async with self._slot(caller, len(prompt.tokens) + prompt.max_tokens):
-            dispatched(len(prompt.tokens))
+        events = self._generate(op, caller, dispatched)
+        return read_tool_calls(events) if prompt.grammar is not None else events
+
+    async def _generate(
+        self, op: Generate, caller: Caller, dispatched: Dispatched
+    ) -> AsyncIterator[GenerationEvent]:
+        async with self._slot(caller, len(op.tokens) + op.max_tokens):
+            dispatched(len(op.tokens))
             client = await self.worker.client()
             async for msg in client.stream(op):
                 event = generation_event(msg)
                 if event is not None:
                     yield event
+
+    def refusal(
+        self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
+    ) -> UnsupportedParameter | None:
+        """Tools that may be called and a response format together: the answer is
+        decoded under one grammar, either the calls' or the format's."""
+        format_asked = (sampling.get("response_format") or {}).get("type", "text") != "text"
+        if format_asked and prompt.get("tools") and prompt.get("tool_choice") != "none":
+            return UnsupportedParameter("response_format", "together with tools")
+        return None
 
 
 @dataclass

@@ -17,13 +17,14 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inferplane.config import ModelSpec
 from inferplane.engines.local.chat_template import ChatTemplate
+from inferplane.engines.local.tools import tools_grammar
 from inferplane.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -43,6 +44,7 @@ class PreparedPrompt:
     stop: list[str]
     lstrip: bool  # chat replies drop the whitespace a transcript template leaves
     dropped_turns: int = 0  # oldest turns left out to fit the context (truncate policy)
+    grammar: str | None = None  # the tool calls' (`tools.py`), when tools may be called
 
     def worker_payload(self) -> dict[str, Any]:
         return {
@@ -124,8 +126,11 @@ class LlamaPrompts:
     def prepare(
         self,
         *,
-        messages: list[dict[str, str]] | None = None,
+        messages: list[dict[str, Any]] | None = None,
         prompt: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
         max_tokens: int | None = None,
         stop: list[str] | None = None,
         cap: int | None = None,
@@ -142,13 +147,16 @@ class LlamaPrompts:
             raise MaxTokensOverContext(max_tokens=max_tokens, context_size=n_ctx)
         stops = list(stop or [])
         wanted = max_tokens or min(self._spec.default_max_tokens, cap or n_ctx)
+        # Before the prompt's tokens: a schema that cannot be followed is refused cheaply.
+        grammar = tools_grammar(tools or [], tool_choice, parallel_tool_calls)
         dropped = 0
         if messages is not None:
             stops += self._spec.chat_stop
+            chat = _Chat(messages, tools)
             if self._spec.context_policy == "truncate":
-                tokens, dropped = self._truncated(messages, n_ctx - wanted)
+                tokens, dropped = self._truncated(chat, n_ctx - wanted)
             else:
-                tokens = self._chat_tokens(self._template.render(messages), messages)
+                tokens = self._chat_tokens(chat)
         else:
             self._check_bytes(prompt or "", "prompt")
             tokens = self._vocab.tokenize(prompt or "", bos=True, special=False)
@@ -161,6 +169,7 @@ class LlamaPrompts:
             stop=stops,
             lstrip=messages is not None,
             dropped_turns=dropped,
+            grammar=grammar,
         )
 
     def _check_bytes(self, text: str, param: str) -> None:
@@ -174,35 +183,33 @@ class LlamaPrompts:
                 param=param,
             )
 
-    def _chat_tokens(self, text: str, messages: list[dict[str, str]]) -> list[int]:
-        """The tokens of `messages`, rendered by the template as `text`."""
+    def _chat_tokens(self, chat: _Chat) -> list[int]:
+        """The tokens of a chat, rendered by the template."""
+        text = self._template.render(chat.messages, chat.tools)
         self._check_bytes(text, "messages")
         controls = self._vocab.controls
-        if not any(controls.search(m.get("content") or "") for m in messages):
+        if not any(controls.search(t) for t in chat.texts()):
             return self._vocab.tokenize(text, bos=True, special=True)
-        return self._guarded(text, messages)
+        return self._guarded(text, chat)
 
-    def _guarded(self, text: str, messages: list[dict[str, str]]) -> list[int]:
-        """The tokens of a chat whose contents hold control tokens' texts. Each such text
-        stands in the contents as a private-use character while the template renders,
-        so the only control texts in the rendering are the template's own; the pieces
-        between those are tokenized as plain text, with the contents' texts put back.
-        llama.cpp, too, cuts its input at control tokens and tokenizes the pieces apart:
-        the rest of the chat keeps the tokens it would have had."""
+    def _guarded(self, text: str, chat: _Chat) -> list[int]:
+        """The tokens of a chat whose texts (contents, tool calls, tools) hold control
+        tokens' texts. Each such text stands in the chat as a private-use character
+        while the template renders, so the only control texts in the rendering are the
+        template's own; the pieces between those are tokenized as plain text, with the
+        chat's texts put back. llama.cpp, too, cuts its input at control tokens and
+        tokenizes the pieces apart: the rest of the chat keeps the tokens it would have
+        had."""
         vocab = self._vocab
-        contents = [m.get("content") or "" for m in messages]
-        found: list[str] = sorted({t for c in contents for t in vocab.controls.findall(c)})
+        found: list[str] = sorted({t for c in chat.texts() for t in vocab.controls.findall(c)})
         free = (chr(code) for code in range(0xF0000, 0x110000) if chr(code) not in text)
         stand_in = dict(zip(found, free, strict=False))
 
         def mask(marker: re.Match[str]) -> str:
             return stand_in[marker.group()]
 
-        masked = [
-            {**m, "content": vocab.controls.sub(mask, c)}
-            for m, c in zip(messages, contents, strict=True)
-        ]
-        rendered = self._template.render(masked)
+        masked = chat.map(lambda t: vocab.controls.sub(mask, t))
+        rendered = self._template.render(masked.messages, masked.tools)
         back = str.maketrans({char: t for t, char in stand_in.items()})
         tokens = vocab.tokenize("", bos=True, special=False)
         start = 0
@@ -213,36 +220,74 @@ class LlamaPrompts:
             start = marker.end()
         return tokens + vocab.tokenize(rendered[start:].translate(back), bos=False, special=False)
 
-    def _truncated(self, messages: list[dict[str, str]], budget: int) -> tuple[list[int], int]:
+    def _truncated(self, chat: _Chat, budget: int) -> tuple[list[int], int]:
         """The fewest oldest turns left out for the prompt to fit `budget` tokens. System
         (and developer) messages and the final turn always stay; when even that is too
         long, everything droppable is dropped and the context check decides. Rendering
         is cheap and tokenizing is not: turns are first left out until the rendering's
         bytes could fit at all, so no text the bytes rule out is tokenized."""
+        messages = chat.messages
         droppable = [
             i for i, m in enumerate(messages[:-1]) if m.get("role") not in ("system", "developer")
         ]
         texts: dict[int, str] = {}
         counts: dict[int, list[int]] = {}
 
-        def kept(k: int) -> list[dict[str, str]]:
+        def kept(k: int) -> _Chat:
             gone = set(droppable[:k])
-            return [m for i, m in enumerate(messages) if i not in gone]
+            return _Chat([m for i, m in enumerate(messages) if i not in gone], chat.tools)
 
         def text(k: int) -> str:
             if k not in texts:
-                texts[k] = self._template.render(kept(k))
+                texts[k] = self._template.render(kept(k).messages, chat.tools)
             return texts[k]
 
         def tokens(k: int) -> list[int]:
             if k not in counts:
-                counts[k] = self._chat_tokens(text(k), kept(k))
+                counts[k] = self._chat_tokens(kept(k))
             return counts[k]
 
         n = len(droppable)
         least = _fewest(lambda k: self._vocab.least_tokens(text(k))[0] <= budget, 0, n)
         k = _fewest(lambda k: len(tokens(k)) <= budget, least, n)
         return tokens(k), k
+
+
+@dataclass(frozen=True, slots=True)
+class _Chat:
+    """What a chat template renders: the messages and the tools (OpenAI's form)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+
+    def texts(self) -> Iterator[str]:
+        """Every string the caller wrote in it."""
+        yield from _strings([self.messages, self.tools])
+
+    def map(self, change: Callable[[str], str]) -> _Chat:
+        """The chat with `change` applied to every string the caller wrote."""
+        return _Chat(_mapped(self.messages, change), _mapped(self.tools, change))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _mapped(value: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {k: _mapped(v, change) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mapped(v, change) for v in value]
+    return value
 
 
 def _fewest(fits: Callable[[int], bool], lo: int, hi: int) -> int:

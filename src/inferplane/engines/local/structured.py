@@ -4,7 +4,7 @@ port of llama.cpp's converter)."""
 
 from __future__ import annotations
 
-import json
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,17 +23,40 @@ def grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
         return str(llama_grammar.JSON_GBNF)
     assert response_format is not None and kind == "json_schema"
     schema = (response_format.get("json_schema") or {}).get("schema") or {}
-    _refuse_unenforced(schema, "schema")
-    try:
-        grammar = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
-    except Exception as exc:  # the converter raises whatever its schema walk meets
-        raise InvalidRequest(
-            f"The JSON schema cannot be followed here: {exc}",
-            param="response_format.json_schema.schema",
-        ) from None
+    _, rules = json_rules([(schema, "response_format.json_schema.schema")], names=[""])
+    return rules
+
+
+def json_rules(
+    schemas: list[tuple[Any, str]], names: list[str] | None = None
+) -> tuple[list[str], str]:
+    """GBNF rules for JSON values following each of `schemas` ((schema, the parameter
+    it came in)): each schema's rule name (`names`, else args0, args1...), and the
+    rules, sharing one converter (so one set of JSON primitives). The name "" is
+    `root`."""
+    from llama_cpp import llama_grammar
+
+    converter = llama_grammar.SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    out: list[str] = []
+    for i, (schema, param) in enumerate(schemas):
+        name = names[i] if names else f"args{i}"
+        if not isinstance(schema, dict):
+            raise InvalidRequest("A JSON schema must be an object.", param=param)
+        _refuse_unenforced(schema, "schema", param)
+        try:
+            # The converter writes into what it resolves: the request's own stays as sent.
+            resolved = converter.resolve_refs(copy.deepcopy(schema), "request")
+            out.append(converter.visit(resolved, name))  # type: ignore[no-untyped-call]
+        except Exception as exc:  # the converter raises whatever its schema walk meets
+            raise InvalidRequest(
+                f"The JSON schema cannot be followed here: {exc}", param=param
+            ) from None
     # This converter lets raw control characters into strings, which JSON forbids (a
     # tab in a name failed `json.loads`, measured); llama.cpp's own excludes them.
-    return grammar.replace(_LAX_CHAR, _JSON_CHAR)
+    grammar: str = converter.format_grammar()  # type: ignore[no-untyped-call]
+    return out, grammar.replace(_LAX_CHAR, _JSON_CHAR)
 
 
 _LAX_CHAR = 'char ::= [^"\\\\] '
@@ -73,7 +96,7 @@ _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 
 
-def _refuse_unenforced(schema: Any, path: str) -> None:
+def _refuse_unenforced(schema: Any, path: str, param: str) -> None:
     if not isinstance(schema, dict):
         return
     for keyword in schema:
@@ -81,16 +104,17 @@ def _refuse_unenforced(schema: Any, path: str) -> None:
             raise InvalidRequest(
                 f"The JSON schema uses '{keyword}' (at {path}), which structured outputs "
                 "here cannot enforce; leave it out.",
-                param="response_format.json_schema.schema",
+                param=param,
             )
     for key in _SUBSCHEMA_MAPS:
         for name, sub in (schema.get(key) or {}).items():
-            _refuse_unenforced(sub, f"{path}.{key}.{name}")
+            _refuse_unenforced(sub, f"{path}.{key}.{name}", param)
     for key in _SUBSCHEMA_LISTS:
         for i, sub in enumerate(schema.get(key) or []):
-            _refuse_unenforced(sub, f"{path}.{key}[{i}]")
+            _refuse_unenforced(sub, f"{path}.{key}[{i}]", param)
     for key in ("items", "additionalProperties"):
         sub = schema.get(key)
         subs = sub if isinstance(sub, list) else [sub]
         for i, one in enumerate(subs):
-            _refuse_unenforced(one, f"{path}.{key}" + (f"[{i}]" if isinstance(sub, list) else ""))
+            where = f"{path}.{key}" + (f"[{i}]" if isinstance(sub, list) else "")
+            _refuse_unenforced(one, where, param)

@@ -93,13 +93,19 @@ class AnthropicEngine(RemoteEngine):
             yield TextDelta(text, completion)
         yield Finished(finish, prompt, completion)
 
-    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+    def refusal(
+        self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
+    ) -> UnsupportedParameter | None:
         """Anthropic's Messages API has no seed, no penalties, no logit bias, no min-p
         and no response format (it has top-k), and its temperature ends at 1 (OpenAI's
-        at 2)."""
-        refused = super().refusal(sampling)
+        at 2). Tools are not translated to its form (yet)."""
+        refused = super().refusal(prompt, sampling)
         if refused is not None:
             return refused
+        if prompt.get("tools") or any(
+            m.get("tool_calls") or m["role"] == "tool" for m in prompt.get("messages") or []
+        ):
+            return UnsupportedParameter("tools")
         if sampling.get("seed") is not None:
             return UnsupportedParameter("seed")
         for name in (

@@ -41,7 +41,9 @@ class RemoteEngine(Refusals):
     def timeout_s(self) -> float | None:
         return self.spec.timeout_s
 
-    def refusal(self, sampling: Mapping[str, Any]) -> UnsupportedParameter | None:
+    def refusal(
+        self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
+    ) -> UnsupportedParameter | None:
         """Log probabilities are read from local models' logits; an upstream's are not
         relayed (yet)."""
         if sampling.get("logprobs") is not None:

@@ -25,6 +25,7 @@ from inferplane.events import (
     GenerationEvent,
     Started,
     TextDelta,
+    ToolCallDelta,
     in_hand,
 )
 
@@ -118,6 +119,9 @@ class _Stream:
                 if text:
                     self.pieces += 1
                     texts.append(TextDelta(text, self.pieces, more=True))
+                for call in (delta.get("tool_calls") or []) if self.chat else ():
+                    self.pieces += 1
+                    texts.append(_tool_call_delta(call, self.pieces, more=True))
                 self.finish = choice.get("finish_reason") or self.finish
         return texts, None
 
@@ -136,18 +140,37 @@ class _Stream:
 def _whole(data: dict[str, Any], chat: bool, prompt_estimate: int) -> list[GenerationEvent]:
     choices = data.get("choices") or [{}]
     choice = choices[0]
-    text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
+    message = choice.get("message") or {}
+    text = (message.get("content") if chat else choice.get("text")) or ""
+    calls = (message.get("tool_calls") or []) if chat else []
     finish = choice.get("finish_reason") or "stop"
     if finish == "content_filter" and not text:
         raise UpstreamError("The upstream refused the request.", reason="content_filter")
     usage = data.get("usage") or {}
-    completion = int(usage.get("completion_tokens") or (1 if text else 0))
+    completion = int(usage.get("completion_tokens") or (1 if text or calls else 0))
     prompt = int(usage.get("prompt_tokens") or prompt_estimate)
     events: list[GenerationEvent] = [Started(prompt)]
     if text:
         events.append(TextDelta(text, completion))
+    for i, call in enumerate(calls):
+        events.append(_tool_call_delta({"index": i, **call}, completion))
     events.append(Finished(finish, prompt, completion))
     return events
+
+
+def _tool_call_delta(call: Any, tokens_so_far: int, *, more: bool = False) -> ToolCallDelta:
+    """An upstream's tool call (a whole one, or a streamed piece of one), as it came."""
+    if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
+        raise UpstreamError("The upstream sent a malformed tool call.", reason="server_error")
+    function = call.get("function") or {}
+    return ToolCallDelta(
+        call.get("index", 0),
+        str(function.get("arguments") or ""),
+        id=call.get("id"),
+        name=function.get("name"),
+        tokens_so_far=tokens_so_far,
+        more=more,
+    )
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:

@@ -17,11 +17,41 @@ class TextPart(BaseModel):
     text: str
 
 
+# OpenAI's rule for a function's name.
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+ToolCallId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: FunctionName
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(BaseModel):
+    """A call an assistant turn made (sent back with the conversation)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: ToolCallId
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: Annotated[str, Field(max_length=256)] | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=128)] | None = None  # assistant
+    tool_call_id: ToolCallId | None = None  # tool: the call this answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Self:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message has 'tool_calls'")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs 'tool_call_id'")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -29,6 +59,44 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def prompt(self) -> dict[str, Any]:
+        """The message as engines read it: its text, and its tool calls or the call it
+        answers (content null only beside tool calls, as OpenAI's API has it)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            if self.content is None:
+                out["content"] = None
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: FunctionName
+    description: Annotated[str, Field(max_length=8192)] | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    # OpenAI's custom tools (free-text input) are refused by name by this Literal.
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JSONSchemaFormat(BaseModel):
@@ -59,6 +127,27 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> Self:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("Each tool needs its own function name.", param="tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            if self.tool_choice.function.name not in names:
+                raise InvalidRequest(
+                    f"tool_choice names '{self.tool_choice.function.name}', which is not "
+                    "among the tools.",
+                    param="tool_choice",
+                )
+        elif self.tool_choice in ("auto", "required") and not names:
+            raise InvalidRequest(
+                f"tool_choice '{self.tool_choice}' needs tools.", param="tool_choice"
+            )
+        return self
 
     def sampling(self) -> dict[str, Any]:
         params = super().sampling()
@@ -78,11 +167,20 @@ class ChatCompletionRequest(SamplingRequest):
         return None
 
     def prompt_input(self) -> dict[str, Any]:
-        return {
-            "messages": [{"role": m.role, "content": m.text()} for m in self.messages],
+        prompt: dict[str, Any] = {
+            "messages": [m.prompt() for m in self.messages],
             "max_tokens": self.max_completion_tokens or self.max_tokens,
             "stop": self.stop,
         }
+        if self.tools:
+            # Part of the prompt: rendered into it by chat templates, counted (and
+            # billed) as prompt tokens, as OpenAI counts them; with how they may be used.
+            prompt["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
+            choice = self.tool_choice or "auto"
+            prompt["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+            if self.parallel_tool_calls is not None:
+                prompt["parallel_tool_calls"] = self.parallel_tool_calls
+        return prompt
 
     def size_hint(self) -> int:
         return sum(len(m.text()) for m in self.messages)

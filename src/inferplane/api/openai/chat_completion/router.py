@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -13,7 +14,7 @@ from inferplane.api.openai import generation, logprobs
 from inferplane.api.openai.chat_completion.protocol import ChatCompletionRequest
 from inferplane.api.openai.common import new_id, usage
 from inferplane.api.responses import FastJSONResponse
-from inferplane.events import Finished, GenerationEvent, TextDelta
+from inferplane.events import Finished, GenerationEvent, TextDelta, ToolCallDelta
 
 router = APIRouter()
 
@@ -31,6 +32,10 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
         )
     got = await generation.collect(request, gen)
     done = got.done
+    message: dict[str, Any] = {"role": "assistant", "content": got.text, "refusal": None}
+    if got.tool_calls:
+        message["tool_calls"] = got.tool_calls
+        message["content"] = got.text or None  # as OpenAI answers a call without words
     return FastJSONResponse(
         {
             "id": completion_id,
@@ -41,7 +46,7 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": got.text, "refusal": None},
+                    "message": message,
                     "logprobs": None if got.logprobs is None else logprobs.chat(got.logprobs),
                     "finish_reason": done.finish_reason,
                 }
@@ -74,9 +79,24 @@ def _chunks(
             return chunks.data(
                 {"delta": delta, "logprobs": logprobs.chat(event.logprobs), "finish_reason": None}
             )
+        if isinstance(event, ToolCallDelta):
+            return chunks.data(
+                {"delta": _tool_call(event), "logprobs": None, "finish_reason": None}
+            )
         if isinstance(event, Finished):
             return chunks.finish({"delta": {}}, event)
         role = {"role": "assistant", "content": ""}  # Started
         return chunks.data({"delta": role, "logprobs": None, "finish_reason": None})
 
     return format_event
+
+
+def _tool_call(event: ToolCallDelta) -> dict[str, Any]:
+    """A tool call's piece as OpenAI streams it: the first with its id, type and name."""
+    function: dict[str, str] = {"arguments": event.arguments}
+    call: dict[str, Any] = {"index": event.index, "function": function}
+    if event.id is not None:
+        call["id"], call["type"] = event.id, "function"
+    if event.name is not None:
+        function["name"] = event.name
+    return {"tool_calls": [call]}

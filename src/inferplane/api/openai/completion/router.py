@@ -13,7 +13,7 @@ from inferplane.api.openai import generation, logprobs
 from inferplane.api.openai.common import new_id, usage
 from inferplane.api.openai.completion.protocol import CompletionRequest
 from inferplane.api.responses import FastJSONResponse
-from inferplane.events import Finished, GenerationEvent, TextDelta
+from inferplane.events import Finished, GenerationEvent, Started, TextDelta
 
 router = APIRouter()
 
@@ -78,6 +78,8 @@ def _chunks(
             return chunks.data({"text": event.text, "logprobs": reported, "finish_reason": None})
         if isinstance(event, Finished):
             return chunks.finish({"text": ""}, event)
-        return text(prefix) if prefix else b""  # Started: echo the prompt first
+        if isinstance(event, Started) and prefix:
+            return text(prefix)  # echo the prompt first
+        return b""  # no tool calls here: this endpoint takes no tools
 
     return format_event

