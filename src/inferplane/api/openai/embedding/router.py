@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Request
 from inferplane.api.auth import AnyKey
 from inferplane.api.errors import parse_body
 from inferplane.api.openai.common import mark_served, queue_deadline
+from inferplane.api.openai.embedding import token_ids
 from inferplane.api.openai.embedding.protocol import EmbeddingRequest
 from inferplane.api.responses import FastJSONResponse
 from inferplane.api.services import services
@@ -40,7 +42,9 @@ async def create_embeddings(request: Request, principal: AnyKey) -> FastJSONResp
         deadline=queue_deadline(request),
         outcome=request.state.outcome,
     )
-    result = await svc.inference.embed(ctx, model, body.texts)
+    ids = body.token_ids
+    texts = body.texts if ids is None else await asyncio.to_thread(token_ids.decode, ids)
+    result = await svc.inference.embed(ctx, model, texts)
     tokens = sum(result.tokens)
     # Returned as a ready response: FastAPI's generic encoder walks every float in Python.
     return FastJSONResponse(
