@@ -3,11 +3,14 @@ of Anthropic's Messages API on its own socket (the one part that cannot be real 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import jsonschema
 import openai
 import pytest
 
@@ -37,6 +40,11 @@ models:
         base_url: {fake.url}
         model: claude-test
         api_key_env: FAKE_ANTHROPIC_KEY
+  - id: claude-tools  # its own breaker: the overload test opens fake-claude's
+    default_max_tokens: 64
+    deployments:
+      - {{name: tools-claude, engine: anthropic, base_url: "{fake.url}", model: claude-test,
+         api_key_env: FAKE_ANTHROPIC_KEY}}
   - id: guarded
     strategy: cost  # the strict one is cheaper: always asked first
     deployments:
@@ -306,14 +314,14 @@ def test_removing_a_deployment_lets_its_running_stream_finish(setup: Setup) -> N
         ("temperature", 1.5),
         ("logit_bias", {"5": 1}),
         ("logprobs", True),
-        ("response_format", {"type": "json_object"}),
     ],
 )
 def test_what_anthropic_cannot_honour_is_refused_by_name(
     setup: Setup, param: str, value: object
 ) -> None:
-    """Its Messages API has no seed and no penalties, and its temperature ends at 1:
-    400 naming the parameter, nothing sent upstream (never sent with it dropped)."""
+    """Its Messages API has no seed, no penalties and no log probabilities, and its
+    temperature ends at 1: 400 naming the parameter, nothing sent upstream (never sent
+    with it dropped)."""
     sent = len(setup.fake.requests)
     with pytest.raises(openai.BadRequestError) as caught:
         setup.server.client().chat.completions.create(
@@ -322,5 +330,204 @@ def test_what_anthropic_cannot_honour_is_refused_by_name(
             **{param: value},
         )
     assert caught.value.param == param
+    assert caught.value.code == "unsupported_parameter"
+    assert len(setup.fake.requests) == sent
+
+
+TOOLS_MODEL = "claude-tools"
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+}
+ADD = {
+    "type": "object",
+    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+    "required": ["a", "b"],
+}
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather now.", "parameters": WEATHER},
+    },
+    {"type": "function", "function": {"name": "add", "parameters": ADD}},
+]
+# The fake's calls: each tool's required properties, from the schema it was sent.
+WEATHER_INPUT = {"city": "text", "unit": "celsius"}
+ADD_INPUT = {"a": 1, "b": 1}
+
+
+def _calls(message: Any) -> list[tuple[str, str, Any]]:
+    return [(c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]
+
+
+def test_required_tool_choice_calls_tools_in_parallel_unless_told_not_to(setup: Setup) -> None:
+    client = setup.server.client()
+    ask: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    resp = client.chat.completions.create(
+        model=TOOLS_MODEL, messages=ask, tools=TOOLS, tool_choice="required"
+    )
+    body = setup.fake.requests[-1]["body"]
+    assert body["tools"] == [
+        {"name": "get_weather", "input_schema": WEATHER, "description": "Weather now."},
+        {"name": "add", "input_schema": ADD},
+    ]
+    assert body["tool_choice"] == {"type": "any"}
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    ids = [call[0] for call in _calls(choice.message)]
+    assert all(i.startswith("toolu_") for i in ids) and len(set(ids)) == 2
+    assert [c[1:] for c in _calls(choice.message)] == [
+        ("get_weather", WEATHER_INPUT),
+        ("add", ADD_INPUT),
+    ]
+    single = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=ask,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    sent = setup.fake.requests[-1]["body"]["tool_choice"]
+    assert sent == {"type": "any", "disable_parallel_tool_use": True}
+    assert [c[1] for c in _calls(single.choices[0].message)] == ["get_weather"]
+
+
+def test_tool_calls_stream_as_openai_streams_them(setup: Setup) -> None:
+    """The fake writes a text block first (auto mode): the calls are still 0 and 1."""
+    ask: Any = [{"role": "user", "content": "use get_weather and add please"}]
+    chunks = list(
+        setup.server.client().chat.completions.create(
+            model=TOOLS_MODEL, messages=ask, tools=TOOLS, stream=True
+        )
+    )
+    assert setup.fake.requests[-1]["body"]["tool_choice"] == {"type": "auto"}
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == "Calling the tools."
+    pieces = [call for d in deltas for call in d.tool_calls or []]
+    assert sorted({p.index for p in pieces}) == [0, 1]
+    for index, (name, expected) in enumerate([("get_weather", WEATHER_INPUT), ("add", ADD_INPUT)]):
+        mine = [p for p in pieces if p.index == index]
+        assert mine[0].id and mine[0].function and mine[0].function.name == name
+        assert all(p.id is None and p.function and p.function.name is None for p in mine[1:])
+        assert len(mine) > 2  # the arguments came in pieces, as they were streamed
+        assert json.loads("".join(p.function.arguments or "" for p in mine if p.function)) == (
+            expected
+        )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    named = setup.server.client().chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=ask,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        stream=True,
+    )
+    calls = [call for c in named if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert setup.fake.requests[-1]["body"]["tool_choice"] == {"type": "tool", "name": "add"}
+    assert {c.function.name for c in calls if c.function and c.function.name} == {"add"}
+
+
+def test_tool_results_continue_the_conversation(setup: Setup) -> None:
+    calls = [
+        {
+            "id": "call_w",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
+        },
+    ]
+    messages: list[Any] = [
+        {"role": "user", "content": "Weather in Paris, and 2 plus 3?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_w", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_a", "content": "5"},
+    ]
+    client = setup.server.client()
+    resp = client.chat.completions.create(model=TOOLS_MODEL, messages=messages, tools=TOOLS)
+    assert resp.choices[0].message.content == "You said: sunny 5"
+    assert resp.choices[0].finish_reason == "stop"
+    assert setup.fake.requests[-1]["body"]["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "call_w",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+                {"type": "tool_use", "id": "call_a", "name": "add", "input": {"a": 2, "b": 3}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "call_w", "content": "sunny"},
+                {"type": "tool_result", "tool_use_id": "call_a", "content": "5"},
+            ],
+        },
+    ]
+    # Arguments that are not a JSON object have no `input` to become: 400 naming them.
+    calls[1]["function"]["arguments"] = "[2, 3]"
+    sent = len(setup.fake.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=TOOLS_MODEL, messages=messages, tools=TOOLS)
+    assert caught.value.param == "messages" and len(setup.fake.requests) == sent
+
+
+REPORT = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "degrees": {"type": "integer"},
+        "sky": {"enum": ["clear", "cloudy"]},
+        "note": {"type": "string"},
+    },
+    "required": ["city", "degrees", "sky"],
+    "additionalProperties": False,
+}
+
+
+def test_json_mode_is_a_forced_tool_whose_input_is_the_answer(setup: Setup) -> None:
+    client = setup.server.client()
+    ask: Any = [{"role": "user", "content": "Report the weather in Paris."}]
+    resp = client.chat.completions.create(
+        model=TOOLS_MODEL,
+        messages=ask,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "weather report", "schema": REPORT},
+        },
+    )
+    body = setup.fake.requests[-1]["body"]
+    assert body["tools"] == [{"name": "weather_report", "input_schema": REPORT}]
+    assert body["tool_choice"] == {"type": "tool", "name": "weather_report"}
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].message.tool_calls is None
+    jsonschema.validate(json.loads(resp.choices[0].message.content or ""), REPORT)
+    chunks = client.chat.completions.create(
+        model=TOOLS_MODEL, messages=ask, response_format={"type": "json_object"}, stream=True
+    )
+    pieces = [c.choices[0] for c in chunks if c.choices]
+    assert json.loads("".join(p.delta.content or "" for p in pieces)) == {}
+    assert pieces[-1].finish_reason == "stop"
+    assert setup.fake.requests[-1]["body"]["tools"][0]["input_schema"] == {"type": "object"}
+
+
+def test_json_mode_beside_tools_is_refused_by_name(setup: Setup) -> None:
+    """Both would need the one `tool_choice`: 400, nothing sent upstream."""
+    sent = len(setup.fake.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        setup.server.client().chat.completions.create(
+            model=TOOLS_MODEL,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            tools=TOOLS,
+            response_format={"type": "json_object"},
+        )
+    assert caught.value.param == "response_format"
     assert caught.value.code == "unsupported_parameter"
     assert len(setup.fake.requests) == sent
