@@ -8,12 +8,11 @@ calls it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.interface import Caller, Dispatched, GenerationInput, Prepared, Refusals
-from inferplane.errors import UnsupportedParameter
 from inferplane.events import GenerationEvent
 
 
@@ -40,15 +39,6 @@ class RemoteEngine(Refusals):
     @property
     def timeout_s(self) -> float | None:
         return self.spec.timeout_s
-
-    def refusal(
-        self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
-    ) -> UnsupportedParameter | None:
-        """Log probabilities are read from local models' logits; an upstream's are not
-        relayed (yet)."""
-        if sampling.get("logprobs") is not None:
-            return UnsupportedParameter("logprobs")
-        return None
 
     async def prepare(self, request: GenerationInput) -> Prepared:
         payload = request.capped()

@@ -1,9 +1,10 @@
 """Remote deployments speaking OpenAI's API: vLLM, TGI, llama.cpp's server, Ollama,
 OpenAI itself, over one keep-alive connection pool per deployment (`upstream_http`).
 
-A generation becomes the pipeline's events (`Started`, `TextDelta`, `Finished`); every
-failure becomes an `UpstreamError` saying why, so routing can decide whether to retry
-here, fail over, or give up. The API key never appears in a log line or an error.
+A generation becomes the pipeline's events (`Started`, `TextDelta`s with their tokens'
+log probabilities when asked (`logprobs`), `ToolCallDelta`s, `Finished`); every failure
+becomes an `UpstreamError` saying why, so routing can decide whether to retry here, fail
+over, or give up. The API key never appears in a log line or an error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from inferplane.config.routes import RemoteDeployment
+from inferplane.engines.remote import logprobs
 from inferplane.engines.remote.base import RemoteEngine
 from inferplane.engines.remote.upstream_http import ANY_EGRESS, Egress, UpstreamHTTP, read_all
 from inferplane.errors import UpstreamError
@@ -54,15 +56,18 @@ class OpenAICompatibleEngine(RemoteEngine):
         stream: bool,
         prompt_estimate: int,
     ) -> AsyncIterator[GenerationEvent]:
+        chat = endpoint == "chat.completions"
+        alternatives = sampling.get("logprobs")  # how many, with each token's log probability
         body: dict[str, Any] = {"model": self.spec.model, "stream": stream}
         body.update({k: v for k, v in prompt_input.items() if v is not None})
-        body.update({k: v for k, v in sampling.items() if v is not None})
-        chat = endpoint == "chat.completions"
+        body.update({k: v for k, v in sampling.items() if v is not None and k != "logprobs"})
+        if alternatives is not None:
+            body.update(logprobs.asked(alternatives, chat))
         if not stream:
             status, headers, content = await self._http.post(_PATHS[endpoint], body)
             if status != 200:
                 raise status_error(status, headers, content)
-            for event in _whole(parse_json(content), chat, prompt_estimate):
+            for event in _whole(parse_json(content), chat, alternatives, prompt_estimate):
                 yield event
             return
         body["stream_options"] = {"include_usage": True}
@@ -72,7 +77,7 @@ class OpenAICompatibleEngine(RemoteEngine):
             if status != 200:
                 raise status_error(status, headers, await read_all(batches))
             yield Started(prompt_estimate)
-            seen = _Stream(chat)
+            seen = _Stream(chat, alternatives)
             async for batch in batches:
                 texts, failure = seen.read(batch)
                 for event in in_hand(texts, then_more=seen.done):  # after [DONE]: `Finished`
@@ -92,6 +97,7 @@ class _Stream:
     """What an upstream's SSE stream has said so far."""
 
     chat: bool  # chat completions (texts in `delta.content`) or completions (`text`)
+    alternatives: int | None  # log probabilities asked, with this many alternatives
     pieces: int = 0
     finish: str | None = None
     usage: dict[str, Any] | None = None
@@ -114,16 +120,24 @@ class _Stream:
                 return texts, UpstreamError(message, reason="stream")
             self.usage = chunk.get("usage") or self.usage
             for choice in chunk.get("choices") or []:
-                delta = choice.get("delta") or {}
-                text = delta.get("content") if self.chat else choice.get("text")
-                if text:
-                    self.pieces += 1
-                    texts.append(TextDelta(text, self.pieces, more=True))
-                for call in (delta.get("tool_calls") or []) if self.chat else ():
-                    self.pieces += 1
-                    texts.append(_tool_call_delta(call, self.pieces, more=True))
+                texts.extend(self._choice(choice))
                 self.finish = choice.get("finish_reason") or self.finish
         return texts, None
+
+    def _choice(self, choice: dict[str, Any]) -> list[GenerationEvent]:
+        delta = choice.get("delta") or {}
+        text = delta.get("content") if self.chat else choice.get("text")
+        entries = None
+        if self.alternatives is not None:
+            entries = logprobs.read(choice, self.chat, self.alternatives)
+        out: list[GenerationEvent] = []
+        if text or entries:
+            self.pieces += 1
+            out.append(TextDelta(text or "", self.pieces, more=True, logprobs=entries))
+        for call in (delta.get("tool_calls") or []) if self.chat else ():
+            self.pieces += 1
+            out.append(_tool_call_delta(call, self.pieces, more=True))
+        return out
 
     def finished(self, prompt_estimate: int) -> Finished:
         """The closing event, counts from the upstream's usage where it sent them."""
@@ -137,7 +151,9 @@ class _Stream:
         )
 
 
-def _whole(data: dict[str, Any], chat: bool, prompt_estimate: int) -> list[GenerationEvent]:
+def _whole(
+    data: dict[str, Any], chat: bool, alternatives: int | None, prompt_estimate: int
+) -> list[GenerationEvent]:
     choices = data.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message") or {}
@@ -149,9 +165,10 @@ def _whole(data: dict[str, Any], chat: bool, prompt_estimate: int) -> list[Gener
     usage = data.get("usage") or {}
     completion = int(usage.get("completion_tokens") or (1 if text or calls else 0))
     prompt = int(usage.get("prompt_tokens") or prompt_estimate)
+    entries = None if alternatives is None else logprobs.read(choice, chat, alternatives)
     events: list[GenerationEvent] = [Started(prompt)]
-    if text:
-        events.append(TextDelta(text, completion))
+    if text or entries:
+        events.append(TextDelta(text, completion, logprobs=entries))
     for i, call in enumerate(calls):
         events.append(_tool_call_delta({"index": i, **call}, completion))
     events.append(Finished(finish, prompt, completion))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
@@ -82,9 +83,11 @@ class ScriptedUpstream(Loopback):
 
     def __init__(self, body: bytes, *, status: int = 200, chunked: bool = True) -> None:
         self.body, self.status, self.chunked = body, status, chunked
+        self.sent: list[dict[str, Any]] = []  # the requests' bodies
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
+        _, body = await read_request(reader)
+        self.sent.append(json.loads(body))
         if self.chunked:
             framing = b"transfer-encoding: chunked"
             payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(self.body), self.body)
@@ -102,7 +105,11 @@ def _sse(*objs: object, done: bool = False) -> bytes:
 
 
 def _run(
-    upstream: ScriptedUpstream, *, stream: bool, endpoint: str = "chat.completions"
+    upstream: ScriptedUpstream,
+    *,
+    stream: bool,
+    endpoint: str = "chat.completions",
+    sampling: dict[str, Any] | None = None,
 ) -> tuple[list[GenerationEvent], UpstreamError | None]:
     """The events the engine yields for one request, and the error it ended with."""
 
@@ -118,7 +125,7 @@ def _run(
             engine = OpenAICompatibleEngine(spec, None)
             try:
                 async for event in engine.request(
-                    endpoint, {"prompt": "x"}, {}, stream=stream, prompt_estimate=7
+                    endpoint, {"prompt": "x"}, sampling or {}, stream=stream, prompt_estimate=7
                 ):
                     got.append(event)
             except UpstreamError as exc:
@@ -206,3 +213,76 @@ def test_an_error_status_is_an_upstream_error_either_way() -> None:
         got, error = _run(ScriptedUpstream(body, status=400, chunked=False), stream=stream)
         assert got == []
         assert error is not None and error.reason == "invalid" and error.upstream_status == 400
+
+
+def test_chat_logprobs_are_asked_as_chat_asks_and_read_back() -> None:
+    """`logprobs` (how many alternatives) becomes chat's `logprobs: true, top_logprobs`;
+    tokens without bytes get their text's, alternatives come best first, as many as
+    asked."""
+    entries = [
+        {
+            "token": "Hi",
+            "logprob": -0.5,
+            "bytes": None,  # as llama-cpp-python sends them
+            "top_logprobs": [
+                {"token": "Hey", "logprob": -1.5, "bytes": None},
+                {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+                {"token": "Yo", "logprob": -3.0},
+            ],
+        },
+        {"token": "\u00e9", "logprob": -0.1, "bytes": [195, 169], "top_logprobs": []},
+    ]
+    answer = {
+        "choices": [
+            {
+                "message": {"content": "Hi\u00e9"},
+                "logprobs": {"content": entries},
+                "finish_reason": "length",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+    upstream = ScriptedUpstream(json.dumps(answer).encode(), chunked=False)
+    got, error = _run(upstream, stream=False, sampling={"temperature": 0, "logprobs": 2})
+    assert error is None
+    sent = upstream.sent[0]
+    assert (sent["logprobs"], sent["top_logprobs"], sent["temperature"]) == (True, 2, 0)
+    hi = ("Hi", [72, 105], -0.5, [("Hi", [72, 105], -0.5), ("Hey", [72, 101, 121], -1.5)])
+    assert got[1] == TextDelta("Hi\u00e9", 2, logprobs=[hi, ("\u00e9", [195, 169], -0.1, [])])
+
+
+def test_completion_logprobs_stream_with_each_text() -> None:
+    """Completions ask `logprobs: N`; llama-cpp-python's top tokens hold the chosen one
+    too (N + 1 of them): the N best are passed on."""
+
+    def chunk(text: str, logprob: float, top: dict[str, float]) -> dict[str, Any]:
+        lp = {"tokens": [text], "token_logprobs": [logprob], "top_logprobs": [top]}
+        return {"choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": None}]}
+
+    body = _sse(
+        chunk(" the", -1.7, {" a": -1.2, " the": -1.7}),
+        chunk(" end", -0.1, {" end": -0.1}),
+        {"choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]},
+        done=True,
+    )
+    upstream = ScriptedUpstream(body)
+    got, error = _run(upstream, stream=True, endpoint="completions", sampling={"logprobs": 1})
+    assert error is None
+    assert upstream.sent[0]["logprobs"] == 1 and "top_logprobs" not in upstream.sent[0]
+    texts = [e for e in got if isinstance(e, TextDelta)]
+    assert [(e.text, e.logprobs) for e in texts] == [
+        (" the", [(" the", list(b" the"), -1.7, [(" a", list(b" a"), -1.2)])]),
+        (" end", [(" end", list(b" end"), -0.1, [(" end", list(b" end"), -0.1)])]),
+    ]
+
+
+def test_malformed_logprobs_are_an_upstream_error() -> None:
+    broken = {"choices": [{"index": 0, "text": "x", "logprobs": {"tokens": ["x"]}}]}
+    got, error = _run(
+        ScriptedUpstream(_sse(broken, done=True)),
+        stream=True,
+        endpoint="completions",
+        sampling={"logprobs": 0},
+    )
+    assert got == [Started(7)]
+    assert error is not None and error.reason == "server_error"
