@@ -9,10 +9,11 @@ over, or give up. The API key never appears in a log line or an error.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -99,6 +100,7 @@ class _Stream:
     chat: bool  # chat completions (texts in `delta.content`) or completions (`text`)
     alternatives: int | None  # log probabilities asked, with this many alternatives
     pieces: int = 0
+    calls: set[int] = field(default_factory=set)  # the tool calls begun
     finish: str | None = None
     usage: dict[str, Any] | None = None
     done: bool = False  # `data: [DONE]` seen
@@ -135,8 +137,15 @@ class _Stream:
             self.pieces += 1
             out.append(TextDelta(text or "", self.pieces, more=True, logprobs=entries))
         for call in (delta.get("tool_calls") or []) if self.chat else ():
-            self.pieces += 1
-            out.append(_tool_call_delta(call, self.pieces, more=True))
+            piece = _tool_call_delta(call, self.pieces + 1, more=True)
+            if piece.index in self.calls:
+                # Some servers (llama-cpp-python) repeat the id and name in every piece:
+                # OpenAI's clients would join the names.
+                piece = dataclasses.replace(piece, id=None, name=None)
+            if piece.arguments or piece.name is not None:
+                self.calls.add(piece.index)
+                self.pieces += 1
+                out.append(piece)
         return out
 
     def finished(self, prompt_estimate: int) -> Finished:

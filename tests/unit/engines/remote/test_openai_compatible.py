@@ -10,7 +10,7 @@ from typing import Any
 from inferplane.config.routes import RemoteDeployment
 from inferplane.engines.remote.openai_compatible import OpenAICompatibleEngine
 from inferplane.errors import UpstreamError
-from inferplane.events import Finished, GenerationEvent, Started, TextDelta
+from inferplane.events import Finished, GenerationEvent, Started, TextDelta, ToolCallDelta
 from tests.unit.loopback import Loopback, read_request
 
 
@@ -286,3 +286,22 @@ def test_malformed_logprobs_are_an_upstream_error() -> None:
     )
     assert got == [Started(7)]
     assert error is not None and error.reason == "server_error"
+
+
+def test_a_tool_calls_id_and_name_come_with_its_first_piece_only() -> None:
+    """llama-cpp-python repeats both in every piece (and ends with an empty one): passed
+    on as they came, OpenAI's clients would join the names."""
+
+    def piece(arguments: str) -> dict[str, Any]:
+        call = {"index": 0, "id": "call_1", "function": {"name": "add", "arguments": arguments}}
+        return {"choices": [{"index": 0, "delta": {"content": None, "tool_calls": [call]}}]}
+
+    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+    body = _sse(piece('{"a": '), piece("1}"), piece(""), end, done=True)
+    got, error = _run(ScriptedUpstream(body), stream=True)
+    assert error is None
+    assert [e for e in got if isinstance(e, ToolCallDelta)] == [
+        ToolCallDelta(0, '{"a": ', id="call_1", name="add", tokens_so_far=1, more=True),
+        ToolCallDelta(0, "1}", tokens_so_far=2, more=True),
+    ]
+    assert got[-1] == Finished("tool_calls", 7, 2)
