@@ -49,6 +49,9 @@ class LlamaCppServer:
     gguf: Path
     log_path: Path
     port: int = field(default_factory=free_port)
+    # llama-cpp-python's name for the chat format; None: its fallback (llama-2), where
+    # this model ends a greedy answer at once.
+    chat_format: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,6 +79,7 @@ class LlamaCppServer:
                 "1",
                 "--interrupt_requests",
                 "false",
+                *(["--chat_format", self.chat_format] if self.chat_format else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
