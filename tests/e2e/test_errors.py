@@ -151,7 +151,7 @@ GARBAGE: list[Any] = [
     {"model": "gemma-3-270m", "prompt": [1, 2, 3]},
     {"model": "gemma-3-270m", "prompt": []},
     {"model": "all-minilm-l6-v2", "input": []},
-    {"model": "all-minilm-l6-v2", "input": [[1]]},
+    {"model": "all-minilm-l6-v2", "input": [[-1]]},
     {"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "int8"},
     {"model": "all-minilm-l6-v2", "input": "x", "dimensions": 3},
 ]
