@@ -253,7 +253,8 @@ async def _events(
             half = len(text) // 2
             deltas = [
                 {"type": "input_json_delta", "partial_json": p}
-                for p in ("", text[:half], text[half:])
+                # As Claude: a call without arguments sends only the empty piece.
+                for p in (("", text[:half], text[half:]) if block["input"] else ("",))
             ]
         for delta in deltas:
             await asyncio.sleep(delay_s)

@@ -427,6 +427,18 @@ def test_tool_calls_stream_as_openai_streams_them(setup: Setup) -> None:
     assert {c.function.name for c in calls if c.function and c.function.name} == {"add"}
 
 
+def test_a_streamed_call_without_arguments_has_an_empty_object(setup: Setup) -> None:
+    """Claude streams only an empty `partial_json` for a call without arguments: the
+    caller still gets `{}`, as in a whole answer."""
+    now = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
+    ask: Any = [{"role": "user", "content": "What time is it?"}]
+    chunks = setup.server.client().chat.completions.create(
+        model=TOOLS_MODEL, messages=ask, tools=[now], tool_choice="required", stream=True
+    )
+    pieces = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert json.loads("".join(p.function.arguments or "" for p in pieces if p.function)) == {}
+
+
 def test_tool_results_continue_the_conversation(setup: Setup) -> None:
     calls = [
         {

@@ -188,11 +188,14 @@ def test_tools_are_part_of_the_prompt(server: Server) -> None:
     """Rendered into the prompt and counted as its tokens (as OpenAI bills them)."""
     client = server.client()
     plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1)
-    tooled = client.chat.completions.create(
+    tooled = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, max_tokens=1)
+    unused = client.chat.completions.create(
         model=MODEL, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=1
     )
-    assert plain.usage and tooled.usage
+    assert plain.usage and tooled.usage and unused.usage
     assert tooled.usage.prompt_tokens > plain.usage.prompt_tokens + 50
+    # The bundled template offers no calls the request rules out.
+    assert unused.usage.prompt_tokens == plain.usage.prompt_tokens
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 # calls and the tools' results are turns of the transcript. Calls are written as
 # Hermes-style models write them: the form `engines/local/tools.py` decodes and reads.
 DEFAULT_CHAT_TEMPLATE = (
-    "{% if tools %}"
+    "{% if tools and tool_choice != 'none' %}"
     "You can call functions. To call one, answer with\n"
     '<tool_call>{"name": "the function\'s name", "arguments": {the arguments}}</tool_call>\n'
     "The functions:\n"
@@ -24,7 +24,7 @@ DEFAULT_CHAT_TEMPLATE = (
     '<tool_call>{"name": {{ c.function.name | tojson }}, '
     '"arguments": {{ c.function.arguments | tojson }}}</tool_call>'
     "{% endfor %}\n"
-    "{% elif m.role == 'tool' %}Tool: {{ m.content }}\n"
+    "{% elif m.role == 'tool' %}Tool{% if m.name %} ({{ m.name }}){% endif %}: {{ m.content }}\n"
     "{% else %}User: {{ m.content }}\n"
     "{% endif %}"
     "{% endfor %}"

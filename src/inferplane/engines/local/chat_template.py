@@ -24,15 +24,19 @@ class ChatTemplate:
         self._template = env.from_string(source)
 
     def render(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
     ) -> str:
-        """The prompt. Tool calls' arguments (JSON text in OpenAI's API) are given to
-        the template as objects where they parse, as models' own templates expect."""
-        if any(m.get("tool_calls") for m in messages):
-            messages = [_with_parsed_arguments(m) for m in messages]
+        """The prompt (`messages` as `with_parsed_arguments` gives them, where they hold
+        tool calls)."""
         try:
             return self._template.render(
-                messages=messages, tools=tools or None, add_generation_prompt=True
+                messages=messages,
+                tools=tools or None,
+                tool_choice=tool_choice,
+                add_generation_prompt=True,
             )
         except TemplateError as exc:
             raise InvalidRequest(
@@ -41,10 +45,26 @@ class ChatTemplate:
             ) from exc
 
 
-def _with_parsed_arguments(message: dict[str, Any]) -> dict[str, Any]:
-    calls = message.get("tool_calls")
-    if not calls:
-        return message
+def with_parsed_arguments(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with their tool calls' arguments (JSON text in OpenAI's API) as
+    objects where they parse, as models' own templates expect them; and each tool
+    result named after the function whose call it answers (OpenAI's `name` of a tool
+    message), so that a template can tell parallel calls' results apart."""
+    names = {
+        call["id"]: call["function"]["name"] for m in messages for call in m.get("tool_calls") or []
+    }
+    out = []
+    for message in messages:
+        if message.get("tool_calls"):
+            message = _parsed(message)
+        elif message.get("role") == "tool" and message.get("tool_call_id") in names:
+            message = {"name": names[message["tool_call_id"]], **message}
+        out.append(message)
+    return out
+
+
+def _parsed(message: dict[str, Any]) -> dict[str, Any]:
+    calls = message["tool_calls"]
     parsed = []
     for call in calls:
         function = call["function"]

@@ -114,6 +114,18 @@ class LocalLLM(LocalModel):
         dispatched: Dispatched,
     ) -> AsyncIterator[GenerationEvent]:
         prompt: PreparedPrompt = prepared.payload
+        events = self._generate(prompt, sampling, caller, dispatched)
+        return read_tool_calls(events) if prompt.grammar is not None else events
+
+    async def _generate(
+        self,
+        prompt: PreparedPrompt,
+        sampling: dict[str, Any],
+        caller: Caller,
+        dispatched: Dispatched,
+    ) -> AsyncIterator[GenerationEvent]:
+        # Built here, lazily: what it raises (a schema refused) comes inside the
+        # attempt that reads the events, which then settles its bookkeeping.
         op = Generate(
             prompt.tokens,
             prompt.max_tokens,
@@ -124,12 +136,6 @@ class LocalLLM(LocalModel):
             sampling.get("logprobs"),
             prompt.grammar or grammar_for(sampling.get("response_format")),
         )
-        events = self._generate(op, caller, dispatched)
-        return read_tool_calls(events) if prompt.grammar is not None else events
-
-    async def _generate(
-        self, op: Generate, caller: Caller, dispatched: Dispatched
-    ) -> AsyncIterator[GenerationEvent]:
         async with self._slot(caller, len(op.tokens) + op.max_tokens):
             dispatched(len(op.tokens))
             client = await self.worker.client()

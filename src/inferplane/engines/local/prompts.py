@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from inferplane.config import ModelSpec
-from inferplane.engines.local.chat_template import ChatTemplate
+from inferplane.engines.local.chat_template import ChatTemplate, with_parsed_arguments
 from inferplane.engines.local.tools import tools_grammar
 from inferplane.errors import (
     ContextLengthExceeded,
@@ -152,7 +152,7 @@ class LlamaPrompts:
         dropped = 0
         if messages is not None:
             stops += self._spec.chat_stop
-            chat = _Chat(messages, tools)
+            chat = _Chat(with_parsed_arguments(messages), tools, tool_choice)
             if self._spec.context_policy == "truncate":
                 tokens, dropped = self._truncated(chat, n_ctx - wanted)
             else:
@@ -185,7 +185,7 @@ class LlamaPrompts:
 
     def _chat_tokens(self, chat: _Chat) -> list[int]:
         """The tokens of a chat, rendered by the template."""
-        text = self._template.render(chat.messages, chat.tools)
+        text = chat.render(self._template)
         self._check_bytes(text, "messages")
         controls = self._vocab.controls
         if not any(controls.search(t) for t in chat.texts()):
@@ -209,7 +209,7 @@ class LlamaPrompts:
             return stand_in[marker.group()]
 
         masked = chat.map(lambda t: vocab.controls.sub(mask, t))
-        rendered = self._template.render(masked.messages, masked.tools)
+        rendered = masked.render(self._template)
         back = str.maketrans({char: t for t, char in stand_in.items()})
         tokens = vocab.tokenize("", bos=True, special=False)
         start = 0
@@ -227,19 +227,18 @@ class LlamaPrompts:
         is cheap and tokenizing is not: turns are first left out until the rendering's
         bytes could fit at all, so no text the bytes rule out is tokenized."""
         messages = chat.messages
-        droppable = [
-            i for i, m in enumerate(messages[:-1]) if m.get("role") not in ("system", "developer")
-        ]
+        droppable = _turns(messages)
         texts: dict[int, str] = {}
         counts: dict[int, list[int]] = {}
 
         def kept(k: int) -> _Chat:
-            gone = set(droppable[:k])
-            return _Chat([m for i, m in enumerate(messages) if i not in gone], chat.tools)
+            gone = {i for turn in droppable[:k] for i in turn}
+            kept_messages = [m for i, m in enumerate(messages) if i not in gone]
+            return _Chat(kept_messages, chat.tools, chat.tool_choice)
 
         def text(k: int) -> str:
             if k not in texts:
-                texts[k] = self._template.render(kept(k).messages, chat.tools)
+                texts[k] = kept(k).render(self._template)
             return texts[k]
 
         def tokens(k: int) -> list[int]:
@@ -253,27 +252,52 @@ class LlamaPrompts:
         return tokens(k), k
 
 
+def _turns(messages: list[dict[str, Any]]) -> list[list[int]]:
+    """The turns truncation may leave out, oldest first, as message indexes: all but
+    system (and developer) messages and the last; an assistant's tool calls go with
+    the tool results after them (results without their call confuse a model, and
+    models' own templates refuse them)."""
+    turns: list[list[int]] = []
+    for i, m in enumerate(messages[:-1]):
+        if m.get("role") in ("system", "developer"):
+            continue
+        if m.get("role") == "tool" and turns and messages[turns[-1][0]].get("tool_calls"):
+            turns[-1].append(i)
+        else:
+            turns.append([i])
+    if turns and messages[-1].get("role") == "tool" and messages[turns[-1][0]].get("tool_calls"):
+        turns.pop()  # the last message's call stays with it
+    return turns
+
+
 @dataclass(frozen=True, slots=True)
 class _Chat:
-    """What a chat template renders: the messages and the tools (OpenAI's form)."""
+    """What a chat template renders: the messages (tool calls' arguments parsed) and
+    the tools, in OpenAI's form, and how the tools may be used."""
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+
+    def render(self, template: ChatTemplate) -> str:
+        return template.render(self.messages, self.tools, self.tool_choice)
 
     def texts(self) -> Iterator[str]:
-        """Every string the caller wrote in it."""
+        """Every string the caller wrote in it, keys too, as the template will write
+        them (arguments parsed: an escaped `\u003c` is a `<` by then)."""
         yield from _strings([self.messages, self.tools])
 
     def map(self, change: Callable[[str], str]) -> _Chat:
         """The chat with `change` applied to every string the caller wrote."""
-        return _Chat(_mapped(self.messages, change), _mapped(self.tools, change))
+        return _Chat(_mapped(self.messages, change), _mapped(self.tools, change), self.tool_choice)
 
 
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for v in value.values():
+        for k, v in value.items():
+            yield str(k)
             yield from _strings(v)
     elif isinstance(value, list):
         for v in value:
@@ -284,7 +308,7 @@ def _mapped(value: Any, change: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return change(value)
     if isinstance(value, dict):
-        return {k: _mapped(v, change) for k, v in value.items()}
+        return {change(str(k)): _mapped(v, change) for k, v in value.items()}
     if isinstance(value, list):
         return [_mapped(v, change) for v in value]
     return value

@@ -5,6 +5,7 @@ port of llama.cpp's converter)."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,12 +29,16 @@ def grammar_for(response_format: Mapping[str, Any] | None) -> str | None:
 
 
 def json_rules(
-    schemas: list[tuple[Any, str]], names: list[str] | None = None
+    schemas: list[tuple[Any, str]],
+    names: list[str] | None = None,
+    reserved: frozenset[str] = frozenset(),
 ) -> tuple[list[str], str]:
     """GBNF rules for JSON values following each of `schemas` ((schema, the parameter
     it came in)): each schema's rule name (`names`, else args0, args1...), and the
     rules, sharing one converter (so one set of JSON primitives). The name "" is
-    `root`."""
+    `root`. A schema whose rules would take a `reserved` name (the caller's own rules;
+    in llama.cpp the last definition of a rule wins) or whose grammar would be too
+    large for llama.cpp to parse safely is refused by name."""
     from llama_cpp import llama_grammar
 
     converter = llama_grammar.SchemaConverter(  # type: ignore[no-untyped-call]
@@ -53,10 +58,31 @@ def json_rules(
             raise InvalidRequest(
                 f"The JSON schema cannot be followed here: {exc}", param=param
             ) from None
+        taken = reserved.intersection(converter._rules)
+        if taken:
+            raise InvalidRequest(
+                f"The JSON schema defines '{sorted(taken)[0]}', a name taken here; rename it.",
+                param=param,
+            )
     # This converter lets raw control characters into strings, which JSON forbids (a
     # tab in a name failed `json.loads`, measured); llama.cpp's own excludes them.
     grammar: str = converter.format_grammar()  # type: ignore[no-untyped-call]
+    if len(grammar) > MAX_GRAMMAR_BYTES:
+        raise InvalidRequest(
+            f"The JSON schemas make a grammar of {len(grammar)} bytes, over the "
+            f"{MAX_GRAMMAR_BYTES} this server follows; simplify them.",
+            param=schemas[0][1],
+        )
     return out, grammar.replace(_LAX_CHAR, _JSON_CHAR)
+
+
+# llama.cpp parses a grammar recursively: a rule nested ~20,000 deep (a `maxLength` of
+# 20000 is) overflows its stack and takes the worker down, measured. Counts and sizes
+# stay well below that.
+MAX_REPEAT = 1000
+MAX_GRAMMAR_BYTES = 512 * 1024
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+_PATTERN_COUNT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 _LAX_CHAR = 'char ::= [^"\\\\] '
@@ -97,6 +123,8 @@ _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 
 
 def _refuse_unenforced(schema: Any, path: str, param: str) -> None:
+    """Refuse, naming `param`, a schema (at `path`) with a keyword the converter does
+    not enforce, a count too large to follow safely, or a malformed shape."""
     if not isinstance(schema, dict):
         return
     for keyword in schema:
@@ -106,11 +134,27 @@ def _refuse_unenforced(schema: Any, path: str, param: str) -> None:
                 "here cannot enforce; leave it out.",
                 param=param,
             )
+    counts = [schema.get(k) for k in _COUNTS]
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        counts += [int(n) for m in _PATTERN_COUNT.finditer(pattern) for n in m.groups() if n]
+    if any(isinstance(n, int) and n > MAX_REPEAT for n in counts):
+        raise InvalidRequest(
+            f"The JSON schema asks for a length or a repetition over {MAX_REPEAT} (at "
+            f"{path}), more than structured outputs here follow.",
+            param=param,
+        )
     for key in _SUBSCHEMA_MAPS:
-        for name, sub in (schema.get(key) or {}).items():
+        subs = schema.get(key) or {}
+        if not isinstance(subs, dict):
+            raise InvalidRequest(f"'{key}' must be an object (at {path}).", param=param)
+        for name, sub in subs.items():
             _refuse_unenforced(sub, f"{path}.{key}.{name}", param)
     for key in _SUBSCHEMA_LISTS:
-        for i, sub in enumerate(schema.get(key) or []):
+        subs = schema.get(key) or []
+        if not isinstance(subs, list):
+            raise InvalidRequest(f"'{key}' must be a list (at {path}).", param=param)
+        for i, sub in enumerate(subs):
             _refuse_unenforced(sub, f"{path}.{key}[{i}]", param)
     for key in ("items", "additionalProperties"):
         sub = schema.get(key)

@@ -24,10 +24,11 @@ from typing import Any
 
 from inferplane.engines.local.structured import json_rules
 from inferplane.errors import InvalidRequest
-from inferplane.events import Finished, GenerationEvent, TextDelta, ToolCallDelta
+from inferplane.events import Finished, GenerationEvent, TextDelta, TokenLogprob, ToolCallDelta
 from inferplane.telemetry.ids import unique_id
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_OURS = frozenset({"root", "tc-calls", "tc-call", "tc-ws", "tc-text"})  # our rules' names
 _HEAD = '{"name": "'
 _ARGS = '", "arguments": '
 _WS = " \t\n"
@@ -48,11 +49,20 @@ def tools_grammar(
         for f in functions
     ]
     for schema, param in schemas:
-        if not isinstance(schema, Mapping) or schema.get("type", "object") != "object":
+        # The reader finds a call's end by its arguments' closing brace: they must be
+        # an object, said at the schema's root.
+        one_of = {"anyOf", "oneOf", "allOf", "enum", "const", "$ref"}
+        if (
+            not isinstance(schema, Mapping)
+            or schema.get("type", "object") != "object"
+            or one_of.intersection(schema)
+        ):
             raise InvalidRequest(
-                "A function's parameters must be a JSON schema of an object.", param=param
+                "A function's parameters must be a JSON schema of an object (type "
+                "object, no anyOf/oneOf/allOf/enum/const/$ref at its root).",
+                param=param,
             )
-    names, rules = json_rules(schemas)
+    names, rules = json_rules(schemas, reserved=_OURS)
     heads = [json.dumps(f"{_HEAD}{f['name']}{_ARGS}") for f in functions]
     bodies = " | ".join(f"{head} {args}" for head, args in zip(heads, names, strict=True))
     answer = "tc-ws tc-calls" if choice != "auto" else "tc-ws ( tc-calls | tc-text )?"
@@ -90,7 +100,8 @@ class ToolCallReader:
     streaming each call's arguments as they are decoded. The grammar fixed the form, so
     the reader follows it: whitespace, then `<tool_call>` (or the answer is text, passed
     on as it is), the head with the name, the arguments object (its end found by
-    counting brackets outside strings), `}`, `</tool_call>`, and again."""
+    counting brackets outside strings), `}`, `</tool_call>`, and again. A text answer
+    keeps its tokens' log probabilities; a call's are not reported (as OpenAI's)."""
 
     def __init__(self) -> None:
         self._buffer = ""
@@ -98,28 +109,38 @@ class ToolCallReader:
         self._calls: list[_Call] = []
         self._depth = 0
         self._in_string = self._escaped = False
+        self._logprobs: list[TokenLogprob] | None = None  # of the text held back
 
     @property
     def called(self) -> bool:
         return bool(self._calls)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the answer so far ends where one may (no call cut short)."""
+        return self._state in ("start", "text")
 
     def flush(self, tokens_so_far: int) -> list[GenerationEvent]:
         """At the end: what is held back as text (an answer cut before it was known to
         be text or a call, or in a call's head: passed on as the text it is)."""
         held = {"start": self._buffer, "head": OPEN + self._buffer}.get(self._state, "")
         self._buffer = ""
-        return [TextDelta(held, tokens_so_far)] if held.strip(_WS) else []
+        return [self._text(held, tokens_so_far)] if held.strip(_WS) else []
 
-    def read(self, text: str, tokens_so_far: int) -> list[GenerationEvent]:
+    def read(
+        self, text: str, tokens_so_far: int, logprobs: list[TokenLogprob] | None = None
+    ) -> list[GenerationEvent]:
         out: list[GenerationEvent] = []
         self._buffer += text
+        if logprobs is not None:
+            self._logprobs = (self._logprobs or []) + logprobs
         while True:
             before = (self._state, len(self._buffer))
             if self._state == "start":
                 self._start(out, tokens_so_far)
             elif self._state == "text":
                 if self._buffer:
-                    out.append(TextDelta(self._buffer, tokens_so_far))
+                    out.append(self._text(self._buffer, tokens_so_far))
                 self._buffer = ""
             elif self._state == "head":
                 self._head(out, tokens_so_far)
@@ -130,11 +151,16 @@ class ToolCallReader:
             if (self._state, len(self._buffer)) == before:
                 return out
 
+    def _text(self, text: str, tokens_so_far: int) -> TextDelta:
+        logprobs, self._logprobs = self._logprobs, None if self._logprobs is None else []
+        return TextDelta(text, tokens_so_far, logprobs=logprobs)
+
     def _start(self, out: list[GenerationEvent], tokens_so_far: int) -> None:
         stripped = self._buffer.lstrip(_WS)
         if stripped.startswith(OPEN):
             self._buffer = stripped[len(OPEN) :]
             self._state = "head"
+            self._logprobs = None if self._logprobs is None else []
         elif stripped and not OPEN.startswith(stripped):
             self._state = "text"  # the whitespace too: the answer's own
 
@@ -199,12 +225,13 @@ async def read_tool_calls(events: AsyncIterator[GenerationEvent]) -> AsyncIterat
     try:
         async for event in events:
             if isinstance(event, TextDelta):
-                for out in reader.read(event.text, event.tokens_so_far):
+                for out in reader.read(event.text, event.tokens_so_far, event.logprobs):
                     yield out
             elif isinstance(event, Finished):
                 for out in reader.flush(event.completion_tokens):
                     yield out
-                if reader.called and event.finish_reason == "stop":
+                # A call cut short (by a stop string) does not finish as a call.
+                if reader.called and reader.complete and event.finish_reason == "stop":
                     event = Finished("tool_calls", event.prompt_tokens, event.completion_tokens)
                 yield event
             else:

@@ -180,6 +180,7 @@ class _Stream:
     ended: bool = False  # `message_stop` seen
     calls: dict[int, int] = field(default_factory=dict)  # block index -> tool call index
     answer: set[int] = field(default_factory=set)  # blocks of the JSON mode tool's input
+    argued: set[int] = field(default_factory=set)  # tool blocks that sent some input
 
     def read(self, batch: list[bytes]) -> tuple[list[GenerationEvent], UpstreamError | None]:
         """The events of one batch of lines, all parsed before any is passed on, and the
@@ -215,6 +216,8 @@ class _Stream:
             return self._block_start(event.get("index"), event.get("content_block") or {})
         if kind == "content_block_delta":
             return self._delta(event.get("index"), event.get("delta") or {})
+        if kind == "content_block_stop":
+            return self._block_stop(event.get("index"))
         if kind == "message_delta":
             self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
             self.completion = (event.get("usage") or {}).get("output_tokens") or self.completion
@@ -244,6 +247,7 @@ class _Stream:
         if not json_piece:
             return None
         self.pieces += 1
+        self.argued.add(index)
         if index in self.answer:
             return TextDelta(json_piece, self.pieces, more=True)
         if index in self.calls:
@@ -251,6 +255,16 @@ class _Stream:
                 self.calls[index], json_piece, tokens_so_far=self.pieces, more=True
             )
         return None
+
+    def _block_stop(self, index: Any) -> GenerationEvent | None:
+        """A tool block that sent no input (Claude sends only an empty `partial_json`
+        for a call without arguments): its arguments are `{}`, as a whole answer's."""
+        if index in self.argued or not (index in self.calls or index in self.answer):
+            return None
+        self.argued.add(index)
+        if index in self.answer:
+            return TextDelta("{}", self.pieces, more=True)
+        return ToolCallDelta(self.calls[index], "{}", tokens_so_far=self.pieces, more=True)
 
     def finished(self) -> Finished:
         finish = _finish(self.stop_reason, bool(self.pieces or self.calls), self.json_tool)

@@ -179,19 +179,23 @@ def _whole(
     if text or entries:
         events.append(TextDelta(text, completion, logprobs=entries))
     for i, call in enumerate(calls):
-        events.append(_tool_call_delta({"index": i, **call}, completion))
+        whole = {"index": i, **call} if isinstance(call, dict) else call
+        events.append(_tool_call_delta(whole, completion))
     events.append(Finished(finish, prompt, completion))
     return events
 
 
 def _tool_call_delta(call: Any, tokens_so_far: int, *, more: bool = False) -> ToolCallDelta:
     """An upstream's tool call (a whole one, or a streamed piece of one), as it came."""
-    if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
+    function = call.get("function") or {} if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(call.get("index", 0), int):
         raise UpstreamError("The upstream sent a malformed tool call.", reason="server_error")
-    function = call.get("function") or {}
+    arguments = function.get("arguments") or ""
+    if not isinstance(arguments, str):  # some servers send the object itself
+        arguments = orjson.dumps(arguments).decode()
     return ToolCallDelta(
         call.get("index", 0),
-        str(function.get("arguments") or ""),
+        arguments,
         id=call.get("id"),
         name=function.get("name"),
         tokens_so_far=tokens_so_far,

@@ -107,24 +107,36 @@ class TokenPicker:
         on Gemma's 262k tokens) where a few questions (~10 us each) find one.
 
         Greedy: the most likely tokens in order, until one is allowed (the allowed
-        argmax). Sampled: more draws from the same distribution, until one is allowed
-        (rejection sampling: the first allowed draw comes out with probability
-        p(t) / P, P the allowed tokens' mass). Either way, when none of the first
-        `_TRIES` is allowed, the vocabulary is masked and the pick made among the rest:
-        still exact (rejection that gives up after n draws and then draws from the
-        allowed tokens returns t with p(t)(1 - (1 - P)^n) / P + (1 - P)^n p(t) / P)."""
-        asked: dict[int, bool] = {}
-        if self.params.temperature < _MIN_TEMPERATURE:
+        argmax; one tied with a token beyond those asked is left to the mask, whose
+        argmax takes the lowest id). Sampled without truncation: more draws from the
+        same distribution, until one is allowed (rejection sampling: the first allowed
+        draw comes out with probability p(t) / P, P the allowed tokens' mass). Either
+        way, when none of the first `_TRIES` is allowed, the vocabulary is masked and
+        the pick made among the rest: still exact (rejection that gives up after n
+        draws and then draws from the allowed tokens returns t with
+        p(t)(1 - (1 - P)^n) / P + (1 - P)^n p(t) / P). Under top-k, top-p or min-p
+        the mask comes at once: a truncation of the whole row is not the truncation of
+        the allowed tokens, and llama.cpp's sampler (which this one follows) masks
+        then truncates after a refused first draw."""
+        p = self.params
+        if p.temperature < _MIN_TEMPERATURE:
             top = np.argpartition(row, -_TRIES)[-_TRIES:]
             candidates = top[np.lexsort((top, -row[top]))]  # argmax's order: ties by id
+            bar = row[candidates[-1]]
+        elif 0 < p.top_k < len(row) or p.top_p < 1.0 or p.min_p > 0:
+            candidates, bar = np.empty(0, dtype=np.intp), None
         else:
-            candidates = self._draw(row, self.params.temperature, self._rng.random(_TRIES))
+            candidates = self._draw(row, p.temperature, self._rng.random(_TRIES))
+            bar = None
+        asked: dict[int, bool] = {}
         for token in candidates.tolist():
             allowed = asked.get(token)
             if allowed is None:
                 allowed = asked[token] = grammar.allows(token)
-            if allowed:
+            if allowed and (bar is None or row[token] > bar):
                 return int(token)
+            if allowed:
+                break  # tied with the last asked: maybe with one not asked too
         return self._choose(np.where(grammar.mask(), row, np.float32(-np.inf)))
 
     def close(self) -> None:

@@ -54,3 +54,21 @@ def test_truncate_drops_the_fewest_oldest_turns_and_keeps_system_and_last(gguf: 
     huge = [messages[0], {"role": "user", "content": "word " * 400}]
     with pytest.raises(ContextLengthExceeded):
         truncate.prepare(messages=huge, max_tokens=16)
+
+
+def test_truncation_leaves_out_a_call_with_its_results() -> None:
+    from inferplane.engines.local.prompts import _turns
+
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u0"},
+        {"role": "assistant", "content": None, "tool_calls": [call, call]},
+        {"role": "tool", "tool_call_id": "c", "content": "r1"},
+        {"role": "tool", "tool_call_id": "c", "content": "r2"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "u1"},
+    ]
+    assert _turns(messages) == [[1], [2, 3, 4], [5]]
+    # Results that the last message goes on with keep their call.
+    assert _turns([*messages[:4]]) == [[1]]

@@ -111,9 +111,26 @@ def test_none_decodes_free_text() -> None:
     assert tools_grammar([], "auto", None) is None
 
 
+def _object(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
 @pytest.mark.parametrize(
     "parameters",
-    [{"type": "array"}, {"type": "object", "properties": {"n": {"maximum": 3}}}],
+    [
+        {"type": "array"},
+        {"anyOf": [{"type": "string"}]},  # arguments must be an object, said at the root
+        {"enum": [1, 2]},
+        _object(n={"maximum": 3}),  # not enforced
+        _object(s={"type": "string", "maxLength": 20000}),  # would crash llama.cpp
+        _object(s={"type": "string", "pattern": "a{1,100000}"}),
+        {"type": "object", "properties": ["a"]},  # malformed
+        {  # would redefine one of the call grammar's own rules
+            "type": "object",
+            "$defs": {"tc-ws": {"type": "object"}},
+            "properties": {"x": {"$ref": "#/$defs/tc-ws"}},
+        },
+    ],
 )
 def test_parameters_the_grammar_cannot_follow_are_refused_by_name(parameters: Any) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
@@ -185,8 +202,16 @@ def test_control_texts_in_tools_and_calls_stay_plain_text(gguf: Path, vocab: Voc
     prompts = LlamaPrompts(spec, gguf)
     marker = "<start_of_turn>"
     said = json.dumps({"x": marker})
-    for description, arguments in ((f"say {marker}", "{}"), ("say", said)):
-        tool = {"type": "function", "function": {"name": "f", "description": description}}
+    escaped = '{"x": "\\u003cstart_of_turn\\u003e"}'  # a `<` in JSON's escape
+    keyed = {"type": "object", "properties": {marker: {"type": "string"}}}
+    cases = [
+        ({"description": f"say {marker}"}, "{}"),
+        ({"description": "say"}, said),
+        ({"description": "say"}, escaped),
+        ({"parameters": keyed}, "{}"),  # in a key
+    ]
+    for function, arguments in cases:
+        tool = {"type": "function", "function": {"name": "f", **function}}
         call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
         messages = [
             {"role": "user", "content": "hi"},
@@ -194,11 +219,12 @@ def test_control_texts_in_tools_and_calls_stay_plain_text(gguf: Path, vocab: Voc
             {"role": "tool", "tool_call_id": "c1", "content": "ok"},
         ]
         tokens = prompts.prepare(messages=messages, tools=[tool], tool_choice="auto").tokens
-        assert vocab.ids[marker] not in tokens
+        assert vocab.ids[marker] not in tokens, (function, arguments)
         text = _text(vocab, tokens)
         assert text.count(marker) == 1  # as text
-        assert f'"description": "{description}"' in text
-        assert f'{OPEN_CALL}{{"name": "f", "arguments": {arguments}}}' in text
+        shown = json.dumps(json.loads(arguments), ensure_ascii=False)
+        assert f'{OPEN_CALL}{{"name": "f", "arguments": {shown}}}' in text
+        assert "Tool (f): ok" in text  # a result names its call's function
 
 
 def _text(vocab: Vocabulary, tokens: list[int]) -> str:
@@ -208,3 +234,24 @@ def _text(vocab: Vocabulary, tokens: list[int]) -> str:
         n = llama_cpp.llama_token_to_piece(vocab._vocab, token, buffer, 256, 0, True)
         out += buffer.raw[:n]
     return out.decode()
+
+
+def test_a_text_answer_keeps_its_log_probabilities_and_a_call_reports_none() -> None:
+    def entry(text: str) -> Any:
+        return (text, list(text.encode()), -0.5, [])
+
+    reader = ToolCallReader()
+    out = reader.read(" <", 1, [entry(" <")]) + reader.read("b>hi", 2, [entry("b>hi")])
+    out += reader.flush(2)
+    texts = [e for e in out if isinstance(e, TextDelta)]
+    assert "".join(e.text for e in texts) == " <b>hi"
+    assert [x for e in texts for x in e.logprobs or []] == [entry(" <"), entry("b>hi")]
+    reader = ToolCallReader()
+    out = reader.read(PARIS, 9, [entry(PARIS)]) + reader.flush(9)
+    assert all(isinstance(e, ToolCallDelta) for e in out) and reader.complete
+
+
+def test_a_call_cut_short_is_not_complete() -> None:
+    reader = ToolCallReader()
+    reader.read(PARIS[:60], 3)  # inside the arguments
+    assert reader.called and not reader.complete

@@ -305,3 +305,23 @@ def test_a_tool_calls_id_and_name_come_with_its_first_piece_only() -> None:
         ToolCallDelta(0, "1}", tokens_so_far=2, more=True),
     ]
     assert got[-1] == Finished("tool_calls", 7, 2)
+
+
+def test_whole_tool_calls_read_back_and_malformed_ones_are_an_upstream_error() -> None:
+    """Arguments sent as an object (some servers do) become its JSON, not Python's
+    repr; a call that is not an object is the upstream's fault (502), never a 500."""
+
+    def answer(calls: Any) -> bytes:
+        message = {"content": None, "tool_calls": calls}
+        return json.dumps(
+            {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
+        ).encode()
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": "é"}}}
+    got, error = _run(ScriptedUpstream(answer([call]), chunked=False), stream=False)
+    assert error is None
+    (piece,) = [e for e in got if isinstance(e, ToolCallDelta)]
+    assert (piece.id, piece.name, json.loads(piece.arguments)) == ("c1", "f", {"x": "é"})
+    for broken in (["not a call"], [{"id": "c1", "function": "f"}]):
+        got, error = _run(ScriptedUpstream(answer(broken), chunked=False), stream=False)
+        assert error is not None and error.reason == "server_error", broken

@@ -306,3 +306,19 @@ def test_greedy_under_a_grammar_is_the_best_allowed_token(
     assert not picker.greedy  # the engine's own argmax would skip the grammar
     assert picker.pick(row) == order[ranks[0]]
     assert grammar.masks == int(masked)  # beyond the likeliest few, the vocabulary's
+
+
+@pytest.mark.parametrize("truncation", [{"top_k": 2}, {"top_p": 0.85}])
+def test_under_truncation_a_refused_draw_masks_then_truncates(truncation: dict[str, Any]) -> None:
+    """As llama.cpp's sampler: a first draw from the truncated row, and when the grammar
+    refuses it, the allowed tokens truncated again (not more draws from the first
+    truncation, which would never give C here)."""
+    row = np.full(VOCAB, -50.0, dtype=np.float32)
+    a, b, c = 3, 11, 29
+    row[[a, b, c]] = np.log([0.6, 0.3, 0.1]).astype(np.float32)
+    grammar = _Allowing({b, c})
+    picker = TokenPicker(Sampling(temperature=1.0, seed=5, **truncation), grammar)  # type: ignore[arg-type]
+    drawn = Counter(picker.pick(row) for _ in range(DRAWS))
+    # A (2/3 after truncation to A, B) refused, then B or C at 3:1.
+    expected = {b: DRAWS * (1 / 3 + 2 / 3 * 0.75), c: DRAWS * (2 / 3 * 0.25)}
+    assert chisquare([drawn[b], drawn[c]], [expected[b], expected[c]]).pvalue > 1e-3

@@ -183,4 +183,8 @@ class ChatCompletionRequest(SamplingRequest):
         return prompt
 
     def size_hint(self) -> int:
-        return sum(len(m.text()) for m in self.messages)
+        """About the prompt's bytes (large ones are prepared off the event loop): the
+        texts, the calls' arguments and the tools' definitions."""
+        calls = sum(len(c.function.arguments) for m in self.messages for c in m.tool_calls or [])
+        tools = sum(len(str(t.function.parameters or "")) for t in self.tools or [])
+        return sum(len(m.text()) for m in self.messages) + calls + tools
