@@ -231,17 +231,24 @@ class ResponseCache:
                 return Hit(answer, "semantic-hit", round(found.score, 4))
         return None
 
-    def keep(self, lookup: Lookup, answer: Answer) -> None:
-        """Store in the background: the caller's answer does not wait for the store."""
+    async def keep(self, lookup: Lookup, answer: Answer) -> None:
+        """Store the answer before its response ends (one write, in memory or to Redis:
+        the same request sent again right after is a hit), and add it to the semantic
+        index in the background (that may embed the prompt first)."""
         if not lookup.store:
             return
-        task = asyncio.create_task(self._put(lookup, answer))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _put(self, lookup: Lookup, answer: Answer) -> None:
         try:
             await self._store.put(lookup.key, answer.dumps(), self.ttl_s)
+        except Exception:
+            log.exception("response cache: answer not stored")
+            return
+        if self._semantic is not None and lookup.partition is not None:
+            task = asyncio.create_task(self._index(lookup))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _index(self, lookup: Lookup) -> None:
+        try:
             sem = self._semantic
             if sem is not None and lookup.partition is not None and lookup.text is not None:
                 if lookup.vector is None:  # no lookup ran (no-cache): embed now
@@ -250,7 +257,7 @@ class ResponseCache:
                 if sem.feed is not None:
                     await sem.feed.publish(lookup.partition, lookup.vector, lookup.key)
         except Exception:
-            log.exception("response cache: answer not stored")
+            log.exception("response cache: answer not added to the semantic index")
 
     def count_hit(self, lookup: Lookup, hit: Hit, charged_nusd: int) -> None:
         labels = (lookup.scope, lookup.model)

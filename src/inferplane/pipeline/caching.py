@@ -85,7 +85,7 @@ class Recorder:
         self._lookup = lookup
         self.parts: list[str] = []
 
-    def finished(self, ctx: RequestContext, admission: Admission, done: Finished) -> None:
+    async def finished(self, ctx: RequestContext, admission: Admission, done: Finished) -> None:
         out = ctx.outcome
         if not self._lookup.store or not out.deployment or not out.model_version:
             return
@@ -99,4 +99,4 @@ class Recorder:
             time.time(),
             admission.cost(done.prompt_tokens, done.completion_tokens),
         )
-        self._cache.keep(self._lookup, answer)
+        await self._cache.keep(self._lookup, answer)

@@ -190,7 +190,9 @@ class InferenceService:
                         clock.tick()
                         tally.completion = event.tokens_so_far
                     elif isinstance(event, Finished):
-                        self._finished(ctx, alias.id, admission, tally, recorder, event)
+                        self._finished(ctx, alias.id, admission, tally, event)
+                        if recorder is not None:  # kept before the answer ends
+                            await recorder.finished(ctx, admission, event)
                     yield event
 
     def _finished(
@@ -199,14 +201,11 @@ class InferenceService:
         model: str,
         admission: Admission,
         tally: Tally,
-        recorder: Recorder | None,
         done: Finished,
     ) -> None:
         tally.prompt, tally.completion = done.prompt_tokens, done.completion_tokens
         tally.status = 200
         self._meter.tokens(model, done.prompt_tokens, done.completion_tokens)
-        if recorder is not None:
-            recorder.finished(ctx, admission, done)
 
     def _on_attempt(self, alias: Alias, dep: Deployment, outcome: str) -> None:
         self._metrics.route_attempts.labels(alias.id, dep.name, outcome).inc()

@@ -62,7 +62,7 @@ async def _store(w: World, stage: CacheStage, ctx: RequestContext, lookup: Looku
     recorder = stage.recorder(lookup)
     assert recorder is not None
     recorder.parts += ["Hel", "lo"]
-    recorder.finished(ctx, await _admitted(w, ctx), DONE)
+    await recorder.finished(ctx, await _admitted(w, ctx), DONE)
     await w.settled()
 
 
