@@ -28,6 +28,7 @@ class TextDelta:
     more: bool = False
     # The log probabilities of the tokens this text holds, when the request asked.
     logprobs: list[TokenLogprob] | None = None
+    choice: int = 0  # which of the request's `n` answers this text is of
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +43,23 @@ class ToolCallDelta:
     name: str | None = None
     tokens_so_far: int = 0  # as TextDelta's
     more: bool = False  # as TextDelta's
+    choice: int = 0  # as TextDelta's
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
+    """The end: the (first) answer's finish reason, the tokens of the prompt and of all
+    answers; with `n` > 1 answers, each one's finish reason (`choices`)."""
+
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    choices: tuple[str, ...] = ()
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Each answer's finish reason, in order."""
+        return self.choices or (self.finish_reason,)
 
 
 GenerationEvent = Started | TextDelta | ToolCallDelta | Finished

@@ -314,6 +314,7 @@ def test_removing_a_deployment_lets_its_running_stream_finish(setup: Setup) -> N
         ("temperature", 1.5),
         ("logit_bias", {"5": 1}),
         ("logprobs", True),
+        ("n", 2),
     ],
 )
 def test_what_anthropic_cannot_honour_is_refused_by_name(

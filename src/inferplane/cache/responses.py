@@ -173,8 +173,8 @@ class ResponseCache:
             return None
         if request.get("logprobs") is not None:
             return None  # an answer is kept without its log probabilities
-        if request.get("tools"):
-            return None  # an answer is kept as text, not as tool calls
+        if request.get("tools") or (request.get("n") or 1) > 1:
+            return None  # an answer is kept as one text, not as tool calls or several
         if mode == "deterministic" and not _deterministic(request):
             return None
         scope = self._scope_of(principal)

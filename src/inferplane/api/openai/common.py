@@ -72,7 +72,7 @@ class SamplingRequest(_Request):
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     seed: Seed | None = None
     stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=128)] = 1  # OpenAI's bound
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     logit_bias: LogitBias | None = None
@@ -128,6 +128,8 @@ class SamplingRequest(_Request):
         }
         # The others only when they ask for something: an upstream that lacks one
         # (OpenAI's has no top_k) then never sees it, and cache keys stay as they were.
+        if self.n > 1:
+            params["n"] = self.n
         if self.logit_bias:
             params["logit_bias"] = self.logit_bias
         if self.top_k not in (None, 0, -1):

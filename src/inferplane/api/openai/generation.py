@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -185,39 +185,61 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+@dataclass
+class Answer:
+    """One of a generation's answers (`n` of them): its text, its tokens' log
+    probabilities (None: not asked), its tool calls in OpenAI's form, how it ended."""
+
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str = "stop"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return [self.calls[i] for i in sorted(self.calls)]
+
+    def add(self, event: TextDelta | ToolCallDelta) -> None:
+        if isinstance(event, TextDelta):
+            self.parts.append(event.text)
+            if event.logprobs is not None:
+                self.logprobs = self.logprobs if self.logprobs is not None else []
+                self.logprobs.extend(event.logprobs)
+            return
+        call = self.calls.setdefault(
+            event.index, {"id": None, "type": "function", "function": {"arguments": ""}}
+        )
+        call["id"] = event.id or call["id"]
+        if event.name is not None:
+            call["function"]["name"] = event.name
+        call["function"]["arguments"] += event.arguments
+
+
 @dataclass(frozen=True, slots=True)
 class Collected:
-    """A whole generation: its text, its end, its tokens' log probabilities (None: not
-    asked) and its tool calls, in OpenAI's form."""
+    """A whole generation: its answers, in order, and its end."""
 
-    text: str
+    answers: list[Answer]
     done: Finished
-    logprobs: list[TokenLogprob] | None
-    tool_calls: list[dict[str, Any]]
 
 
 async def _collect(generation: Generation) -> Collected:
-    parts: list[str] = []
-    logprobs: list[TokenLogprob] | None = None
-    calls: dict[int, dict[str, Any]] = {}
+    answers: dict[int, Answer] = {}
     try:
         async for event in generation.events:
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-                if event.logprobs is not None:
-                    logprobs = logprobs if logprobs is not None else []
-                    logprobs.extend(event.logprobs)
-            elif isinstance(event, ToolCallDelta):
-                call = calls.setdefault(
-                    event.index, {"id": None, "type": "function", "function": {"arguments": ""}}
-                )
-                call["id"] = event.id or call["id"]
-                if event.name is not None:
-                    call["function"]["name"] = event.name
-                call["function"]["arguments"] += event.arguments
+            if isinstance(event, TextDelta | ToolCallDelta):
+                answer = answers.get(event.choice) or answers.setdefault(event.choice, Answer())
+                answer.add(event)
             elif isinstance(event, Finished):
-                tool_calls = [calls[i] for i in sorted(calls)]
-                return Collected("".join(parts), event, logprobs, tool_calls)
+                reasons = event.reasons
+                ordered = [answers.get(k) or Answer() for k in range(len(reasons))]
+                for answer, reason in zip(ordered, reasons, strict=True):
+                    answer.finish_reason = reason
+                return Collected(ordered, event)
     finally:
         # Closing runs the pipeline's settle-and-record step before we answer.
         await generation.events.aclose()
@@ -236,14 +258,15 @@ class Chunks:
     base: dict[str, Any]  # id, object, created, model, system_fingerprint
     include_usage: bool
 
-    def chunk(self, choice: dict[str, Any] | None) -> dict[str, Any]:
-        out = {**self.base, "choices": [] if choice is None else [{"index": 0, **choice}]}
+    def chunk(self, choice: dict[str, Any] | None, index: int = 0) -> dict[str, Any]:
+        out = {**self.base, "choices": [] if choice is None else [{"index": index, **choice}]}
         if self.include_usage:
             out["usage"] = None
         return out
 
-    def data(self, choice: dict[str, Any]) -> bytes:
-        return _data(self.chunk(choice))
+    def data(self, choice: dict[str, Any], index: int = 0) -> bytes:
+        """The chunk of answer `index`'s piece."""
+        return _data(self.chunk(choice, index))
 
     def text_event(self, choice: Callable[[str], dict[str, Any]]) -> Callable[[str], bytes]:
         """A text delta's event, serialized once around its text: per event only the
@@ -254,7 +277,11 @@ class Chunks:
         return lambda text: head + orjson.dumps(text) + tail
 
     def finish(self, choice: dict[str, Any], event: Finished) -> bytes:
-        out = self.data({**choice, "logprobs": None, "finish_reason": event.finish_reason})
+        """Each answer's last chunk (its finish reason), then the usage if asked."""
+        out = b"".join(
+            self.data({**choice, "logprobs": None, "finish_reason": reason}, k)
+            for k, reason in enumerate(event.reasons)
+        )
         if self.include_usage:
             last = self.chunk(None)
             last["usage"] = usage(event.prompt_tokens, event.completion_tokens)

@@ -39,6 +39,7 @@ class _Waiter:
     tenant: str = field(compare=False)
     batch: bool = field(compare=False)
     enqueued: float = field(compare=False)
+    units: int = field(compare=False, default=1)
 
 
 class FairQueue:
@@ -85,25 +86,34 @@ class FairQueue:
         weight: float = 1.0,
         batch: bool = False,
         deadline: float | None = None,
+        units: int = 1,
     ) -> AsyncIterator[None]:
-        await self._acquire(tenant, cost, weight, batch, deadline)
+        """`units`: the dispatch slots the request takes (a request for n answers
+        decodes n sequences); at most the tenant's cap."""
+        await self._acquire(tenant, cost, weight, batch, deadline, units)
         try:
             yield
         finally:
-            self._give(tenant)
+            self._give(tenant, units)
             self._dispatch()
 
     def _report(self) -> None:
         self._on_depth(self._busy + self.waiting)
 
-    def _give(self, tenant: str) -> None:
-        self._busy -= 1
-        self._held[tenant] -= 1
+    def _give(self, tenant: str, units: int) -> None:
+        self._busy -= units
+        self._held[tenant] -= units
         if not self._held[tenant]:
             del self._held[tenant]
 
     async def _acquire(
-        self, tenant: str, cost: float, weight: float, batch: bool, deadline: float | None
+        self,
+        tenant: str,
+        cost: float,
+        weight: float,
+        batch: bool,
+        deadline: float | None,
+        units: int,
     ) -> None:
         if self._busy + self.waiting >= self._max_queue:
             raise Overloaded(
@@ -113,7 +123,7 @@ class FairQueue:
         self._finish[tenant] = start + max(cost, 1.0) / max(weight, 1e-6)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(
-            start, next(self._seq), loop.create_future(), tenant, batch, time.monotonic()
+            start, next(self._seq), loop.create_future(), tenant, batch, time.monotonic(), units
         )
         heapq.heappush(self._batch if batch else self._interactive, waiter)
         self._dispatch()
@@ -130,7 +140,7 @@ class FairQueue:
             ) from None
         except BaseException:
             if not self._remove(waiter):  # dispatched just as it was cancelled
-                self._give(tenant)
+                self._give(tenant, units)
                 self._dispatch()
             raise
 
@@ -146,11 +156,12 @@ class FairQueue:
     def _dispatch(self) -> None:
         while self._busy < self._capacity:
             waiter = self._next()
-            if waiter is None:
+            # One that needs more slots than are free waits first in line for them.
+            if waiter is None or self._busy + waiter.units > self._capacity:
                 break
             self._remove(waiter)
-            self._busy += 1
-            self._held[waiter.tenant] = self._held.get(waiter.tenant, 0) + 1
+            self._busy += waiter.units
+            self._held[waiter.tenant] = self._held.get(waiter.tenant, 0) + waiter.units
             self._vtime = waiter.start_tag
             waiter.future.set_result(None)
             self._on_wait(time.monotonic() - waiter.enqueued)
@@ -160,7 +171,8 @@ class FairQueue:
         """The next waiter to serve whose tenant is below its cap, or None."""
 
         def eligible(w: _Waiter) -> bool:
-            return not w.future.done() and self._held.get(w.tenant, 0) < self._tenant_cap
+            held = self._held.get(w.tenant, 0)
+            return not w.future.done() and held + w.units <= self._tenant_cap
 
         aged = [w for w in self._batch if time.monotonic() - w.enqueued >= self._aging_s]
         for group in (

@@ -79,10 +79,15 @@ class LocalModel(Refusals):
     async def aclose(self) -> None:
         """Nothing: the supervisor owns the worker process."""
 
-    def _slot(self, caller: Caller, cost: int) -> AbstractAsyncContextManager[None]:
+    def _slot(self, caller: Caller, cost: int, units: int = 1) -> AbstractAsyncContextManager[None]:
         """The request's turn at the model: by priority class, fair share and deadline."""
         return self.queue.slot(
-            caller.share, cost, weight=caller.weight, batch=caller.batch, deadline=caller.deadline
+            caller.share,
+            cost,
+            weight=caller.weight,
+            batch=caller.batch,
+            deadline=caller.deadline,
+            units=units,
         )
 
 
@@ -135,8 +140,10 @@ class LocalLLM(LocalModel):
             caller.scope,
             sampling.get("logprobs"),
             prompt.grammar or grammar_for(sampling.get("response_format")),
+            n=int(sampling.get("n") or 1),
         )
-        async with self._slot(caller, len(op.tokens) + op.max_tokens):
+        cost = len(op.tokens) + op.max_tokens * op.n
+        async with self._slot(caller, cost, units=op.n):
             dispatched(len(op.tokens))
             client = await self.worker.client()
             async for msg in client.stream(op):
@@ -147,11 +154,14 @@ class LocalLLM(LocalModel):
     def refusal(
         self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
     ) -> UnsupportedParameter | None:
-        """Tools that may be called and a response format together: the answer is
-        decoded under one grammar, either the calls' or the format's."""
+        """Tools that may be called and a response format together (the answer is
+        decoded under one grammar, either the calls' or the format's); more answers
+        (`n`) than the model decodes sequences at once."""
         format_asked = (sampling.get("response_format") or {}).get("type", "text") != "text"
         if format_asked and prompt.get("tools") and prompt.get("tool_choice") != "none":
             return UnsupportedParameter("response_format", "together with tools")
+        if (sampling.get("n") or 1) > self.spec.parallel:
+            return UnsupportedParameter("n", f"above {self.spec.parallel} (the model's parallel)")
         return None
 
 

@@ -103,7 +103,8 @@ class ToolCallReader:
     counting brackets outside strings), `}`, `</tool_call>`, and again. A text answer
     keeps its tokens' log probabilities; a call's are not reported (as OpenAI's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, choice: int = 0) -> None:
+        self._choice = choice  # which of the request's answers it reads
         self._buffer = ""
         self._state = "start"  # start, text, head, args, tail
         self._calls: list[_Call] = []
@@ -153,7 +154,7 @@ class ToolCallReader:
 
     def _text(self, text: str, tokens_so_far: int) -> TextDelta:
         logprobs, self._logprobs = self._logprobs, None if self._logprobs is None else []
-        return TextDelta(text, tokens_so_far, logprobs=logprobs)
+        return TextDelta(text, tokens_so_far, logprobs=logprobs, choice=self._choice)
 
     def _start(self, out: list[GenerationEvent], tokens_so_far: int) -> None:
         stripped = self._buffer.lstrip(_WS)
@@ -173,7 +174,14 @@ class ToolCallReader:
         call = _Call(len(self._calls))
         self._calls.append(call)
         out.append(
-            ToolCallDelta(call.index, "", id=call.id, name=name, tokens_so_far=tokens_so_far)
+            ToolCallDelta(
+                call.index,
+                "",
+                id=call.id,
+                name=name,
+                tokens_so_far=tokens_so_far,
+                choice=self._choice,
+            )
         )
         self._buffer = stripped[at + len(_ARGS) :]
         self._state, self._depth = "args", 0
@@ -201,7 +209,9 @@ class ToolCallReader:
         piece = self._buffer if end is None else self._buffer[:end]
         if piece:
             index = self._calls[-1].index
-            out.append(ToolCallDelta(index, piece, tokens_so_far=tokens_so_far))
+            out.append(
+                ToolCallDelta(index, piece, tokens_so_far=tokens_so_far, choice=self._choice)
+            )
         self._buffer = "" if end is None else self._buffer[end:]
         if end is not None:
             self._state = "tail"
@@ -219,22 +229,37 @@ class ToolCallReader:
 
 
 async def read_tool_calls(events: AsyncIterator[GenerationEvent]) -> AsyncIterator[GenerationEvent]:
-    """The generation's events with its text read as tool calls (`ToolCallReader`);
-    an answer that made a call finishes with `tool_calls`."""
-    reader = ToolCallReader()
+    """The generation's events with each answer's text read as tool calls
+    (`ToolCallReader`, one per answer); an answer that made a call finishes with
+    `tool_calls`."""
+    readers: dict[int, ToolCallReader] = {}
     try:
         async for event in events:
             if isinstance(event, TextDelta):
+                reader = readers.get(event.choice) or readers.setdefault(
+                    event.choice, ToolCallReader(event.choice)
+                )
                 for out in reader.read(event.text, event.tokens_so_far, event.logprobs):
                     yield out
             elif isinstance(event, Finished):
-                for out in reader.flush(event.completion_tokens):
-                    yield out
-                # A call cut short (by a stop string) does not finish as a call.
-                if reader.called and reader.complete and event.finish_reason == "stop":
-                    event = Finished("tool_calls", event.prompt_tokens, event.completion_tokens)
-                yield event
+                for reader in readers.values():
+                    for out in reader.flush(event.completion_tokens):
+                        yield out
+                yield _finished(event, readers)
             else:
                 yield event
     finally:
         await events.aclose()  # type: ignore[attr-defined]
+
+
+def _finished(event: Finished, readers: dict[int, ToolCallReader]) -> Finished:
+    """The end, each answer that made a call finishing with `tool_calls`."""
+
+    def reason(choice: int, given: str) -> str:
+        # A call cut short (by a stop string) does not finish as a call.
+        done = choice in readers and readers[choice].called and readers[choice].complete
+        return "tool_calls" if done and given == "stop" else given
+
+    reasons = [reason(k, r) for k, r in enumerate(event.reasons)]
+    choices = tuple(reasons) if event.choices else ()
+    return Finished(reasons[0], event.prompt_tokens, event.completion_tokens, choices)

@@ -29,12 +29,14 @@ def generation_event(msg: Message) -> GenerationEvent | None:
     error raises what the caller is told."""
     event = msg["event"]
     if event == "token":
-        return TextDelta(msg["text"], int(msg.get("n", 0)), logprobs=msg.get("logprobs"))
+        n, choice = int(msg.get("n", 0)), int(msg.get("choice", 0))
+        return TextDelta(msg["text"], n, logprobs=msg.get("logprobs"), choice=choice)
     if event == "start":
         return Started(int(msg["prompt_tokens"]))
     if event == "done":
         prompt, completion = int(msg["prompt_tokens"]), int(msg["completion_tokens"])
-        return Finished(msg["finish_reason"], prompt, completion)
+        choices = tuple(str(r) for r in msg.get("choices") or ())
+        return Finished(msg["finish_reason"], prompt, completion, choices)
     if event == "error":
         raise worker_error(msg)
     return None

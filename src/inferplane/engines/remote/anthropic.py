@@ -99,10 +99,13 @@ class AnthropicEngine(RemoteEngine):
         self, prompt: Mapping[str, Any], sampling: Mapping[str, Any]
     ) -> UnsupportedParameter | None:
         """Anthropic's Messages API has no seed, no penalties, no logit bias, no min-p
-        and no log probabilities (it has top-k), and its temperature ends at 1 (OpenAI's
-        at 2); some requests have no translation (`anthropic_request.refusal`)."""
+        and no log probabilities (it has top-k), one answer a request, and its
+        temperature ends at 1 (OpenAI's at 2); some requests have no translation
+        (`anthropic_request.refusal`)."""
         if sampling.get("logprobs") is not None:
             return UnsupportedParameter("logprobs")
+        if (sampling.get("n") or 1) > 1:
+            return UnsupportedParameter("n", "above 1")
         if sampling.get("seed") is not None:
             return UnsupportedParameter("seed")
         for name in ("presence_penalty", "frequency_penalty", "logit_bias", "min_p"):

@@ -88,7 +88,7 @@ class OpenAICompatibleEngine(RemoteEngine):
                 if seen.done:
                     break
             else:
-                if seen.finish is None:
+                if not seen.finishes:
                     raise UpstreamError("The upstream's stream ended early.", reason="stream")
             yield seen.finished(prompt_estimate)
 
@@ -100,8 +100,8 @@ class _Stream:
     chat: bool  # chat completions (texts in `delta.content`) or completions (`text`)
     alternatives: int | None  # log probabilities asked, with this many alternatives
     pieces: int = 0
-    calls: set[int] = field(default_factory=set)  # the tool calls begun
-    finish: str | None = None
+    calls: set[tuple[int, int]] = field(default_factory=set)  # (answer, call) begun
+    finishes: dict[int, str] = field(default_factory=dict)  # by answer (`n` > 1)
     usage: dict[str, Any] | None = None
     done: bool = False  # `data: [DONE]` seen
 
@@ -123,7 +123,8 @@ class _Stream:
             self.usage = chunk.get("usage") or self.usage
             for choice in chunk.get("choices") or []:
                 texts.extend(self._choice(choice))
-                self.finish = choice.get("finish_reason") or self.finish
+                if choice.get("finish_reason"):
+                    self.finishes[_index(choice)] = str(choice["finish_reason"])
         return texts, None
 
     def _choice(self, choice: dict[str, Any]) -> list[GenerationEvent]:
@@ -133,59 +134,82 @@ class _Stream:
         if self.alternatives is not None:
             entries = logprobs.read(choice, self.chat, self.alternatives)
         out: list[GenerationEvent] = []
+        answer = _index(choice)
         if text or entries:
             self.pieces += 1
-            out.append(TextDelta(text or "", self.pieces, more=True, logprobs=entries))
+            out.append(
+                TextDelta(text or "", self.pieces, more=True, logprobs=entries, choice=answer)
+            )
         for call in (delta.get("tool_calls") or []) if self.chat else ():
-            piece = _tool_call_delta(call, self.pieces + 1, more=True)
-            if piece.index in self.calls:
+            piece = _tool_call_delta(call, self.pieces + 1, answer, more=True)
+            if (answer, piece.index) in self.calls:
                 # Some servers (llama-cpp-python) repeat the id and name in every piece:
                 # OpenAI's clients would join the names.
                 piece = dataclasses.replace(piece, id=None, name=None)
             if piece.arguments or piece.name is not None:
-                self.calls.add(piece.index)
+                self.calls.add((answer, piece.index))
                 self.pieces += 1
                 out.append(piece)
         return out
 
     def finished(self, prompt_estimate: int) -> Finished:
         """The closing event, counts from the upstream's usage where it sent them."""
-        if self.finish == "content_filter" and not self.pieces:
+        reasons = [self.finishes.get(k, "stop") for k in range(max(self.finishes, default=0) + 1)]
+        if reasons[0] == "content_filter" and not self.pieces:
             raise UpstreamError("The upstream refused the request.", reason="content_filter")
         usage = self.usage or {}
         return Finished(
-            self.finish or "stop",
+            reasons[0],
             int(usage.get("prompt_tokens") or prompt_estimate),
             int(usage.get("completion_tokens") or self.pieces),
+            tuple(reasons) if len(reasons) > 1 else (),
         )
 
 
 def _whole(
     data: dict[str, Any], chat: bool, alternatives: int | None, prompt_estimate: int
 ) -> list[GenerationEvent]:
-    choices = data.get("choices") or [{}]
-    choice = choices[0]
-    message = choice.get("message") or {}
-    text = (message.get("content") if chat else choice.get("text")) or ""
-    calls = (message.get("tool_calls") or []) if chat else []
-    finish = choice.get("finish_reason") or "stop"
-    if finish == "content_filter" and not text:
-        raise UpstreamError("The upstream refused the request.", reason="content_filter")
+    choices = sorted(data.get("choices") or [{}], key=_index)
     usage = data.get("usage") or {}
-    completion = int(usage.get("completion_tokens") or (1 if text or calls else 0))
     prompt = int(usage.get("prompt_tokens") or prompt_estimate)
-    entries = None if alternatives is None else logprobs.read(choice, chat, alternatives)
     events: list[GenerationEvent] = [Started(prompt)]
-    if text or entries:
-        events.append(TextDelta(text, completion, logprobs=entries))
-    for i, call in enumerate(calls):
-        whole = {"index": i, **call} if isinstance(call, dict) else call
-        events.append(_tool_call_delta(whole, completion))
-    events.append(Finished(finish, prompt, completion))
+    answers = [_answer(choice, chat) for choice in choices]
+    said = sum(1 for _, text, calls in answers if text or calls)
+    completion = int(usage.get("completion_tokens") or said)
+    reasons = [choice.get("finish_reason") or "stop" for choice in choices]
+    if reasons[0] == "content_filter" and not said:
+        raise UpstreamError("The upstream refused the request.", reason="content_filter")
+    for choice, (answer, text, calls) in zip(choices, answers, strict=True):
+        entries = None if alternatives is None else logprobs.read(choice, chat, alternatives)
+        if text or entries:
+            events.append(TextDelta(text, completion, logprobs=entries, choice=answer))
+        for i, call in enumerate(calls):
+            whole = {"index": i, **call} if isinstance(call, dict) else call
+            events.append(_tool_call_delta(whole, completion, answer))
+    several = tuple(reasons) if len(reasons) > 1 else ()
+    events.append(Finished(reasons[0], prompt, completion, several))
     return events
 
 
-def _tool_call_delta(call: Any, tokens_so_far: int, *, more: bool = False) -> ToolCallDelta:
+def _answer(choice: dict[str, Any], chat: bool) -> tuple[int, str, list[Any]]:
+    """A whole answer's (index, text, tool calls)."""
+    message = choice.get("message") or {}
+    text = (message.get("content") if chat else choice.get("text")) or ""
+    calls = (message.get("tool_calls") or []) if chat else []
+    return _index(choice), text, calls
+
+
+def _index(choice: dict[str, Any]) -> int:
+    """Which answer a choice is (`n` > 1); a malformed index is the upstream's fault."""
+    index = choice.get("index", 0) if isinstance(choice, dict) else None
+    if not isinstance(index, int) or not 0 <= index < 128:
+        raise UpstreamError("The upstream sent a malformed choice.", reason="server_error")
+    return index
+
+
+def _tool_call_delta(
+    call: Any, tokens_so_far: int, answer: int = 0, *, more: bool = False
+) -> ToolCallDelta:
     """An upstream's tool call (a whole one, or a streamed piece of one), as it came."""
     function = call.get("function") or {} if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(call.get("index", 0), int):
@@ -200,6 +224,7 @@ def _tool_call_delta(call: Any, tokens_so_far: int, *, more: bool = False) -> To
         name=function.get("name"),
         tokens_so_far=tokens_so_far,
         more=more,
+        choice=answer,
     )
 
 

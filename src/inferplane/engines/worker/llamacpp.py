@@ -37,14 +37,10 @@ import numpy as np
 
 from inferplane.config import ModelSpec
 from inferplane.engines.worker import protocol
-from inferplane.engines.worker.base import EngineBase
-from inferplane.engines.worker.grammar import Grammar, scratch_for
+from inferplane.engines.worker.llamacpp_slots import SlotKeeper
 from inferplane.engines.worker.protocol import Channel
-from inferplane.engines.worker.sampler import TokenPicker, log_probabilities
-from inferplane.engines.worker.slots import Slot, pick_slot
+from inferplane.engines.worker.slots import Slot
 from inferplane.engines.worker.stats import REPORT_EVERY_S, StepStats
-from inferplane.engines.worker.stops import StopMatcher
-from inferplane.events import Alternative, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +52,7 @@ _PREEMPT_BEFORE = 0.8
 _Built = tuple[int, list[tuple[Slot, int]], tuple[Slot, int] | None]
 
 
-class LlamaCppEngine(EngineBase):
+class LlamaCppEngine(SlotKeeper):
     def __init__(self, spec: ModelSpec, path: Path):
         super().__init__()
         import llama_cpp as L
@@ -87,6 +83,10 @@ class LlamaCppEngine(EngineBase):
         self._vocab = self._model.vocab
         self._n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self._slots: dict[int, Slot] = {}
+        # Sequence slots kept for the choices of requests whose prompt is not in yet,
+        # and a request waiting for that many free slots (n > 1).
+        self._kept: set[int] = set()
+        self._next: tuple[int, protocol.Op] | None = None
         self._scratch: np.ndarray | None = None  # the vocabulary, for grammars' masks
         # Prefix reuse: a free sequence slot keeps the KV cells of its last prompt, with
         # that prompt's scope; a new request takes the free slot sharing the longest
@@ -112,11 +112,14 @@ class LlamaCppEngine(EngineBase):
         L.llama_set_abort_callback(self._ctx.ctx, self._abort_callback, None)
 
     def _should_abort(self, _data: Any) -> bool:
-        """llama.cpp asks this between graph nodes of a step (on the engine thread)."""
+        """llama.cpp asks this between graph nodes of a step (on the engine thread).
+        Not while a request waits first in line for more slots than are free: nobody
+        could be admitted, and every step would be interrupted for nothing."""
         self._nodes += 1
         return (
             self._nodes <= self._abortable_nodes
-            and len(self._slots) < self._parallel
+            and self._next is None
+            and len(self._slots) + len(self._kept) < self._parallel
             and not self._waiting.empty()
         )
 
@@ -145,12 +148,15 @@ class LlamaCppEngine(EngineBase):
         self._stats = StepStats()
 
     def _admit(self, *, block: bool) -> None:
-        free = [i for i in range(self._parallel) if i not in self._slots]
+        free = [i for i in range(self._parallel) if i not in self._slots and i not in self._kept]
         while free:
-            try:
-                rid, op = self._waiting.get(block=block)
-            except queue.Empty:
-                return
+            if self._next is not None:
+                (rid, op), self._next = self._next, None
+            else:
+                try:
+                    rid, op = self._waiting.get(block=block)
+                except queue.Empty:
+                    return
             block = False
             if self._take_cancelled(rid):
                 continue
@@ -161,53 +167,23 @@ class LlamaCppEngine(EngineBase):
             if not tokens or len(tokens) >= self._n_ctx:
                 self._send(protocol.too_long(rid, len(tokens), self._n_ctx))
                 continue
+            if not 1 <= op.n <= self._parallel:
+                self._send(protocol.invalid(rid, f"n is at most {self._parallel} here.", "n"))
+                continue
+            if op.n > len(free):
+                self._next = (rid, op)  # first in line for as many slots as it has choices
+                return
             picker = self._picker(rid, op)
             if picker is None:
                 continue
-            cached = self._cached if self._prefix_cache else None
-            seq_id, reuse = pick_slot(free, self._slots, cached, op.scope, tokens)
-            free.remove(seq_id)
-            self._cached.pop(seq_id, None)
-            self._L.llama_memory_seq_rm(self._ctx.memory, seq_id, reuse, -1)
-            self._slots[seq_id] = Slot(
-                seq_id=seq_id,
-                request_id=rid,
-                prompt=tokens,
-                max_tokens=min(op.max_tokens, self._n_ctx - len(tokens)),
-                stops=StopMatcher(op.stop),
-                picker=picker,
-                logprobs=op.logprobs,
-                lstrip=op.lstrip,
-                scope=op.scope,
-                prefilled=reuse,
-            )
-            self._stats.tokens["reused"] += reuse
-            self._send(protocol.started(rid, len(tokens), seq_id))
-
-    def _picker(self, rid: int, op: protocol.Generate) -> TokenPicker | None:
-        """How the request picks its tokens; None (the request refused) when it names a
-        token outside the vocabulary or a grammar that does not parse."""
-        beyond = [t for t, _ in op.sampling.logit_bias if not 0 <= t < self._n_vocab]
-        if beyond:
-            message = f"logit_bias names token {beyond[0]}, not in this model's vocabulary."
-            self._send(protocol.invalid(rid, message, "logit_bias"))
-            return None
-        grammar = None
-        if op.grammar is not None:
-            if self._scratch is None:
-                self._scratch = scratch_for(self._n_vocab)
-            try:
-                grammar = Grammar(self._L, self._vocab, op.grammar, self._scratch)
-            except ValueError:
-                message = "The output format does not compile to a grammar."
-                self._send(protocol.invalid(rid, message, "response_format"))
-                return None
-        return TokenPicker(op.sampling, grammar)
+            self._start(rid, op, picker, free)
 
     def _drop_cancelled(self) -> None:
         cancelled = self._take_all_cancelled()
         if not cancelled:
             return
+        if self._next is not None and self._next[0] in cancelled:
+            self._next = None
         for slot in list(self._slots.values()):
             if slot.request_id in cancelled:
                 self._release(slot)
@@ -305,9 +281,9 @@ class LlamaCppEngine(EngineBase):
         """A failed `llama_decode`: every running request ends with an internal error."""
         exc = RuntimeError(f"llama_decode returned {code}")
         log.error("llama_decode failed: %s", exc)
-        for slot in list(self._slots.values()):
-            self._send(protocol.failed(slot.request_id, str(exc)))
-            self._release(slot, keep=False)
+        for rid in {slot.request_id for slot in self._slots.values()}:
+            self._send(protocol.failed(rid, str(exc)))
+            self._abandon(rid)
 
     def _sample_and_emit(
         self,
@@ -325,71 +301,22 @@ class LlamaCppEngine(EngineBase):
         if decoded and not prefill_only and filling is None:
             self._last_decode_nodes = self._nodes
         self._stats.step(took, n - decoded, decoded, len(outputs))
+        rows: list[tuple[Slot, np.ndarray]] = []
         for slot, index in outputs:
             logits = L.llama_get_logits_ith(self._ctx.ctx, index)
             row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+            rows.append((slot, row))
+            if slot.choices is not None and slot.choices.kept:
+                rows += [(child, row) for child in self._fork(slot)]
+        for slot, row in rows:
+            if slot.seq_id not in self._slots:
+                continue  # its request failed at another of its choices
             picker = slot.picker
             try:
                 token = int(row.argmax()) if picker.greedy else picker.pick(row)
             except Exception:  # one request's sampling never takes the others down
                 log.exception("sampling failed for request %s", slot.request_id)
                 self._send(protocol.failed(slot.request_id, "sampling failed"))
-                self._release(slot, keep=False)
+                self._abandon(slot.request_id)
                 continue
             self._on_token(slot, token, row)
-
-    def _on_token(self, slot: Slot, token: int, row: np.ndarray) -> None:
-        if self._L.llama_vocab_is_eog(self._vocab, token):
-            self._finish(slot, "stop")
-            return
-        slot.generated += 1
-        slot.next_token = token
-        piece = self._model.detokenize([token], special=True)
-        if slot.logprobs is not None:
-            slot.pending.append(self._logprob(row, token, piece, slot.logprobs))
-        text, stopped = slot.stops.feed(slot.decoder.decode(piece))
-        if slot.lstrip:
-            text = text.lstrip()
-            slot.lstrip = not text
-        if text:
-            self._send(protocol.token(slot.request_id, text, slot.generated, slot.take_pending()))
-        if stopped:
-            self._finish(slot, "stop", flush=False)
-        elif slot.generated >= slot.max_tokens:
-            self._finish(slot, "length")
-
-    def _logprob(self, row: np.ndarray, token: int, piece: bytes, top: int) -> TokenLogprob:
-        """The token's log probability and the `top` most likely tokens' (a stop
-        string's tokens are reported with it: they are never emitted)."""
-        logprob, alternatives = log_probabilities(row, token, top)
-        return (
-            piece.decode(errors="replace"),
-            list(piece),
-            logprob,
-            [self._alternative(t, lp) for t, lp in alternatives],
-        )
-
-    def _alternative(self, token: int, logprob: float) -> Alternative:
-        piece = self._model.detokenize([token], special=True)
-        return piece.decode(errors="replace"), list(piece), logprob
-
-    def _finish(self, slot: Slot, reason: str, *, flush: bool = True) -> None:
-        if flush:
-            tail = slot.stops.flush() + slot.decoder.decode(b"", final=True)
-            if tail:
-                self._send(
-                    protocol.token(slot.request_id, tail, slot.generated, slot.take_pending())
-                )
-        self._send(protocol.done(slot.request_id, reason, len(slot.prompt), slot.generated))
-        self._release(slot)
-
-    def _release(self, slot: Slot, *, keep: bool = True) -> None:
-        L = self._L
-        slot.picker.close()
-        if keep and self._prefix_cache and slot.prefilled:
-            # Keep the prompt's cells (drop the generated ones) for a later request.
-            L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, slot.prefilled, -1)
-            self._cached[slot.seq_id] = (slot.scope, slot.prompt[: slot.prefilled])
-        else:
-            L.llama_memory_seq_rm(self._ctx.memory, slot.seq_id, -1, -1)
-        del self._slots[slot.seq_id]

@@ -96,6 +96,7 @@ class Generate:
     scope: str  # who may reuse the prompt's cached prefix
     logprobs: int | None = None  # report each token's log probability and this many others
     grammar: str | None = None  # GBNF the output must follow (structured outputs)
+    n: int = 1  # choices: sequences forked from the one prefilled prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,7 @@ def wire(op: Op, rid: int) -> Message:
         "scope": op.scope,
         "logprobs": op.logprobs,
         "grammar": op.grammar,
+        "n": op.n,
     }
 
 
@@ -149,6 +151,7 @@ def parse(msg: Message) -> Op:
                 scope=str(msg.get("scope") or ""),
                 logprobs=None if msg.get("logprobs") is None else int(msg["logprobs"]),
                 grammar=None if msg.get("grammar") is None else str(msg["grammar"]),
+                n=int(msg.get("n") or 1),
             )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed {msg.get('op')!r} request: {exc!r}") from None
@@ -169,23 +172,41 @@ def started(rid: int, prompt_tokens: int, slot: int) -> Message:
 
 
 def token(
-    rid: int, text: str, generated: int, logprobs: list[TokenLogprob] | None = None
+    rid: int,
+    text: str,
+    generated: int,
+    logprobs: list[TokenLogprob] | None = None,
+    choice: int = 0,
 ) -> Message:
-    """Generated text; with `logprobs`, those of the tokens it holds (since the last)."""
+    """Generated text of a choice; with `logprobs`, those of the tokens it holds (since
+    the last). `generated`: the request's tokens so far, over all its choices."""
     msg: Message = {"id": rid, "event": "token", "text": text, "n": generated}
     if logprobs is not None:
         msg["logprobs"] = logprobs
+    if choice:
+        msg["choice"] = choice
     return msg
 
 
-def done(rid: int, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> Message:
-    return {
+def done(
+    rid: int,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    choices: list[str] | None = None,
+) -> Message:
+    """The request's end: the first choice's finish reason, and with several choices
+    each one's (`choices`); the completion tokens of all."""
+    msg: Message = {
         "id": rid,
         "event": "done",
         "finish_reason": finish_reason,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
     }
+    if choices is not None:
+        msg["choices"] = choices
+    return msg
 
 
 def embeddings(rid: int, data: str, dim: int) -> Message:

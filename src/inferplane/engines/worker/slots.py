@@ -13,6 +13,7 @@ import codecs
 import itertools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferplane.engines.worker.sampler import TokenPicker
 from inferplane.engines.worker.stops import StopMatcher
@@ -20,6 +21,18 @@ from inferplane.events import TokenLogprob
 
 # Shorter shared prefixes are recomputed: cheap, and the slot stays free for a longer one.
 MIN_REUSE = 16
+
+
+@dataclass
+class Choices:
+    """A request of `n` > 1 choices: its op, the sequence slots kept for choices 1..n-1
+    until the prompt is in (then they are forked from choice 0's), how each choice
+    ended, and the tokens generated over all."""
+
+    op: Any  # the request's `Generate`
+    kept: list[int]
+    ended: dict[int, str] = field(default_factory=dict)
+    generated: int = 0
 
 
 @dataclass
@@ -44,6 +57,8 @@ class Slot:
     # The log probabilities of tokens whose text has not been sent yet (held back by
     # a stop string that may be starting, or a character not complete yet).
     pending: list[TokenLogprob] = field(default_factory=list)
+    choice: int = 0
+    choices: Choices | None = None  # the request's, when it asked for several
 
     def take_pending(self) -> list[TokenLogprob] | None:
         """The held log probabilities, to send with text now (None: none asked)."""

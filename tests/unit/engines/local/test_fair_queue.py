@@ -111,3 +111,36 @@ def test_headroom_keeps_a_slot_for_other_tenants() -> None:
 
     # a's third request waits although a slot is free; b gets that slot at once.
     assert asyncio.run(scenario()) == ["a-0", "a-1", "b-0"]
+
+
+def test_a_request_of_several_units_takes_them_all_and_is_not_overtaken() -> None:
+    """A request for n answers takes n slots at once; one that does not fit yet waits
+    first in line (a smaller request behind it does not slip past and starve it)."""
+
+    async def main() -> list[str]:
+        queue = FairQueue("m", capacity=4, max_queue=100, headroom=0)
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def holder() -> None:
+            async with queue.slot("h", 1, units=2):
+                order.append("h")
+                await gate.wait()
+
+        async def request(name: str, units: int) -> None:
+            async with queue.slot(name, 1, units=units):
+                order.append(name)
+                await asyncio.sleep(0.01)
+
+        first = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        big = asyncio.create_task(request("big", 3))  # 2 of 4 busy: waits
+        await asyncio.sleep(0)
+        small = asyncio.create_task(request("small", 1))  # would fit, but big is first
+        await asyncio.sleep(0.02)
+        assert order == ["h"] and queue.waiting == 2
+        gate.set()
+        await asyncio.gather(first, big, small)
+        return order
+
+    assert asyncio.run(main()) == ["h", "big", "small"]

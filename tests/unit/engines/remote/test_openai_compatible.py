@@ -325,3 +325,32 @@ def test_whole_tool_calls_read_back_and_malformed_ones_are_an_upstream_error() -
     for broken in (["not a call"], [{"id": "c1", "function": "f"}]):
         got, error = _run(ScriptedUpstream(answer(broken), chunked=False), stream=False)
         assert error is not None and error.reason == "server_error", broken
+
+
+def test_several_answers_keep_their_index_streamed_and_whole() -> None:
+    """`n` passed through: each answer's text says which it is, and the end says how
+    each one finished."""
+
+    def piece(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": index, "delta": {"content": text}, "finish_reason": finish}
+        return {"choices": [choice]}
+
+    body = _sse(
+        piece(0, "a"), piece(1, "b"), piece(1, "", "length"), piece(0, "", "stop"), done=True
+    )
+    got, error = _run(ScriptedUpstream(body), stream=True, sampling={"n": 2})
+    assert error is None
+    texts = [(e.choice, e.text) for e in got if isinstance(e, TextDelta)]
+    assert texts == [(0, "a"), (1, "b")]
+    assert got[-1] == Finished("stop", 7, 2, ("stop", "length"))
+    whole = {
+        "choices": [
+            {"index": 1, "message": {"content": "y"}, "finish_reason": "length"},
+            {"index": 0, "message": {"content": "x"}, "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+    }
+    got, error = _run(ScriptedUpstream(json.dumps(whole).encode(), chunked=False), stream=False)
+    assert error is None
+    assert [(e.choice, e.text) for e in got if isinstance(e, TextDelta)] == [(0, "x"), (1, "y")]
+    assert got[-1] == Finished("stop", 3, 4, ("stop", "length"))

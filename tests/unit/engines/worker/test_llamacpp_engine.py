@@ -7,6 +7,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,77 @@ def test_greedy_output_equals_llama_cpp_python_alone(
     assert events.text(12) == expected_text
     assert events.until(12, "done")["completion_tokens"] == 24
     events.until(11, "done")
+
+
+def _choices(engine: LlamaCppEngine, rid: int, prompt: str, n: int, **sampling: Any) -> None:
+    engine.submit(
+        rid,
+        protocol.Generate(
+            tokens=_tokens(engine, prompt),
+            max_tokens=16,
+            stop=[],
+            lstrip=False,
+            sampling=protocol.Sampling(**sampling),
+            scope=f"scope-{rid}",
+            n=n,
+        ),
+    )
+
+
+def _texts(events: _Events, rid: int) -> dict[int, str]:
+    done = events.until(rid, "done")
+    upto = events.seen.index(done)
+    texts: dict[int, str] = {}
+    for m in events.seen[:upto]:
+        if m.get("id") == rid and m["event"] == "token":
+            texts[m.get("choice", 0)] = texts.get(m.get("choice", 0), "") + m["text"]
+    return texts
+
+
+def test_choices_are_forked_from_one_prefill(gguf: Path) -> None:
+    """n answers share the prompt's KV cells (copied, not prefilled again): greedy ones
+    are the same answer n times, each its own sequence; sampled ones differ; the done
+    message counts the tokens of all and says how each ended."""
+    engine, events = _engine(gguf, parallel=4)
+    prompt = "The capital of France is"
+    _choices(engine, 2, prompt, 3, temperature=0)
+    texts = _texts(events, 2)
+    done = events.until(2, "done")
+    assert sorted(texts) == [0, 1, 2] and len(set(texts.values())) == 1
+    assert done["choices"] == [done["finish_reason"]] * 3
+    assert done["completion_tokens"] == 3 * 16 or "stop" in done["choices"]
+    assert _prefilled(events) == len(_tokens(engine, prompt))  # once, not three times
+    _choices(engine, 3, prompt, 4, temperature=1.0, seed=7)
+    sampled = _texts(events, 3)
+    assert len(sampled) == 4 and len(set(sampled.values())) > 1
+    _idle(events, events.seen.index(events.until(3, "done")))
+    assert not engine._kept and not engine._slots  # every slot given back
+
+
+def _idle(events: _Events, after: int) -> None:
+    """Wait for the engine's report on going idle, after message `after`."""
+    while not any(m.get("event") == "stats" and not m["slots_in_use"] for m in events.seen[after:]):
+        events.seen.append(events.q.get(timeout=60))
+
+
+def _prefilled(events: _Events) -> int:
+    """The prompt tokens the engine's reports count, up to its report on going idle."""
+    while not any(m.get("event") == "stats" and not m["slots_in_use"] for m in events.seen):
+        events.seen.append(events.q.get(timeout=60))
+    return sum(m["tokens"].get("prompt", 0) for m in events.seen if m.get("event") == "stats")
+
+
+def test_more_choices_than_free_slots_wait_their_turn(gguf: Path) -> None:
+    engine, events = _engine(gguf, parallel=2)  # and one slot kept for other tenants
+    _generate(engine, 1, "1, 2, 3,", 30)
+    events.until(1, "start")
+    _choices(engine, 2, "a, b, c,", 3, temperature=0)  # needs all three slots
+    _generate(engine, 3, "x, y, z,", 4)  # behind it in line
+    done = events.seen.index(events.until(1, "done"))
+    assert events.seen.index(events.until(2, "start")) > done  # it waited
+    assert sorted(_texts(events, 2)) == [0, 1, 2]
+    assert events.seen.index(events.until(3, "start")) > done
+    events.until(3, "done")
+    _choices(engine, 4, "a, b,", 4, temperature=0)  # more than the engine has
+    error = events.until(4, "error")
+    assert error["param"] == "n"

@@ -28,14 +28,10 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
         return generation.sse_response(
             request,
             gen,
-            _chunks(completion_id, created, body.model, gen.version, body.include_usage),
+            _chunks(completion_id, created, body.model, gen.version, body.include_usage, body.n),
         )
     got = await generation.collect(request, gen)
     done = got.done
-    message: dict[str, Any] = {"role": "assistant", "content": got.text, "refusal": None}
-    if got.tool_calls:
-        message["tool_calls"] = got.tool_calls
-        message["content"] = got.text or None  # as OpenAI answers a call without words
     return FastJSONResponse(
         {
             "id": completion_id,
@@ -43,21 +39,27 @@ async def create_chat_completion(request: Request, principal: AnyKey) -> Respons
             "created": created,
             "model": body.model,
             "system_fingerprint": gen.version,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None if got.logprobs is None else logprobs.chat(got.logprobs),
-                    "finish_reason": done.finish_reason,
-                }
-            ],
+            "choices": [_choice(k, answer) for k, answer in enumerate(got.answers)],
             "usage": usage(done.prompt_tokens, done.completion_tokens),
         }
     )
 
 
+def _choice(index: int, answer: generation.Answer) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+    if answer.calls:
+        message["tool_calls"] = answer.tool_calls
+        message["content"] = answer.text or None  # as OpenAI answers a call without words
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": None if answer.logprobs is None else logprobs.chat(answer.logprobs),
+        "finish_reason": answer.finish_reason,
+    }
+
+
 def _chunks(
-    completion_id: str, created: int, model: str, version: str, include_usage: bool
+    completion_id: str, created: int, model: str, version: str, include_usage: bool, n: int
 ) -> generation.ChunkFormatter:
     base = {
         "id": completion_id,
@@ -73,20 +75,18 @@ def _chunks(
 
     def format_event(event: GenerationEvent) -> bytes:
         if isinstance(event, TextDelta):
-            if event.logprobs is None:
+            if event.logprobs is None and not event.choice:
                 return text(event.text)
-            delta = {"content": event.text}
-            return chunks.data(
-                {"delta": delta, "logprobs": logprobs.chat(event.logprobs), "finish_reason": None}
-            )
+            reported = None if event.logprobs is None else logprobs.chat(event.logprobs)
+            piece = {"delta": {"content": event.text}, "logprobs": reported}
+            return chunks.data({**piece, "finish_reason": None}, event.choice)
         if isinstance(event, ToolCallDelta):
-            return chunks.data(
-                {"delta": _tool_call(event), "logprobs": None, "finish_reason": None}
-            )
+            piece = {"delta": _tool_call(event), "logprobs": None, "finish_reason": None}
+            return chunks.data(piece, event.choice)
         if isinstance(event, Finished):
             return chunks.finish({"delta": {}}, event)
-        role = {"role": "assistant", "content": ""}  # Started
-        return chunks.data({"delta": role, "logprobs": None, "finish_reason": None})
+        role = {"delta": {"role": "assistant", "content": ""}, "logprobs": None}  # Started
+        return b"".join(chunks.data({**role, "finish_reason": None}, k) for k in range(n))
 
     return format_event
 

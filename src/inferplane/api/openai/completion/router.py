@@ -28,7 +28,9 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
         return generation.sse_response(
             request,
             gen,
-            _chunks(completion_id, created, body.model, gen.version, body.include_usage, prefix),
+            _chunks(
+                completion_id, created, body.model, gen.version, body.include_usage, prefix, body.n
+            ),
         )
     got = await generation.collect(request, gen)
     done = got.done
@@ -41,15 +43,16 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
             "system_fingerprint": gen.version,
             "choices": [
                 {
-                    "index": 0,
-                    "text": prefix + got.text,
+                    "index": k,
+                    "text": prefix + answer.text,
                     "logprobs": (
                         None
-                        if got.logprobs is None
-                        else logprobs.TextLogprobs(len(prefix))(got.logprobs)
+                        if answer.logprobs is None
+                        else logprobs.TextLogprobs(len(prefix))(answer.logprobs)
                     ),
-                    "finish_reason": done.finish_reason,
+                    "finish_reason": answer.finish_reason,
                 }
+                for k, answer in enumerate(got.answers)
             ],
             "usage": usage(done.prompt_tokens, done.completion_tokens),
         }
@@ -57,7 +60,13 @@ async def create_completion(request: Request, principal: AnyKey) -> Response:
 
 
 def _chunks(
-    completion_id: str, created: int, model: str, version: str, include_usage: bool, prefix: str
+    completion_id: str,
+    created: int,
+    model: str,
+    version: str,
+    include_usage: bool,
+    prefix: str,
+    n: int,
 ) -> generation.ChunkFormatter:
     base = {
         "id": completion_id,
@@ -68,18 +77,25 @@ def _chunks(
     }
     chunks = generation.Chunks(base, include_usage)
     text = chunks.text_event(lambda t: {"text": t, "logprobs": None, "finish_reason": None})
-    text_logprobs = logprobs.TextLogprobs(len(prefix))
+    text_logprobs: dict[int, logprobs.TextLogprobs] = {}  # per answer
 
     def format_event(event: GenerationEvent) -> bytes:
         if isinstance(event, TextDelta):
-            if event.logprobs is None:
+            if event.logprobs is None and not event.choice:
                 return text(event.text)
-            reported = text_logprobs(event.logprobs)
-            return chunks.data({"text": event.text, "logprobs": reported, "finish_reason": None})
+            reported = None
+            if event.logprobs is not None:
+                offsets = text_logprobs.get(event.choice) or text_logprobs.setdefault(
+                    event.choice, logprobs.TextLogprobs(len(prefix))
+                )
+                reported = offsets(event.logprobs)
+            piece = {"text": event.text, "logprobs": reported, "finish_reason": None}
+            return chunks.data(piece, event.choice)
         if isinstance(event, Finished):
             return chunks.finish({"text": ""}, event)
-        if isinstance(event, Started) and prefix:
-            return text(prefix)  # echo the prompt first
+        if isinstance(event, Started) and prefix:  # echo the prompt first, in each answer
+            piece = {"text": prefix, "logprobs": None, "finish_reason": None}
+            return b"".join(chunks.data(piece, k) for k in range(n))
         return b""  # no tool calls here: this endpoint takes no tools
 
     return format_event
