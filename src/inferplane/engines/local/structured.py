@@ -1,6 +1,6 @@
 """Structured outputs for local models: OpenAI's `response_format` as the grammar the
-worker decodes under (llama.cpp's GBNF; JSON schemas converted by llama-cpp-python's
-port of llama.cpp's converter)."""
+worker decodes under (llama.cpp's GBNF, which the worker's llguidance reads; JSON
+schemas converted by llama-cpp-python's port of llama.cpp's converter)."""
 
 from __future__ import annotations
 
@@ -76,9 +76,9 @@ def json_rules(
     return out, grammar.replace(_LAX_CHAR, _JSON_CHAR)
 
 
-# llama.cpp parses a grammar recursively: a rule nested ~20,000 deep (a `maxLength` of
-# 20000 is) overflows its stack and takes the worker down, measured. Counts and sizes
-# stay well below that.
+# Counted repetitions become that many nested rules: llama.cpp's grammar parser, which
+# the worker used first, overflowed its stack at ~20,000 (a `maxLength` of 20000),
+# measured. Counts and sizes stay well below that, whatever reads the grammar.
 MAX_REPEAT = 1000
 MAX_GRAMMAR_BYTES = 512 * 1024
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems")

@@ -37,6 +37,7 @@ import numpy as np
 
 from inferplane.config import ModelSpec
 from inferplane.engines.worker import protocol
+from inferplane.engines.worker.grammar import Vocabulary
 from inferplane.engines.worker.llamacpp_slots import SlotKeeper
 from inferplane.engines.worker.protocol import Channel
 from inferplane.engines.worker.slots import Slot
@@ -87,7 +88,7 @@ class LlamaCppEngine(SlotKeeper):
         # and a request waiting for that many free slots (n > 1).
         self._kept: set[int] = set()
         self._next: tuple[int, protocol.Op] | None = None
-        self._scratch: np.ndarray | None = None  # the vocabulary, for grammars' masks
+        self._vocabulary: Vocabulary | None = None  # the tokens, for grammars' masks
         # Prefix reuse: a free sequence slot keeps the KV cells of its last prompt, with
         # that prompt's scope; a new request takes the free slot sharing the longest
         # prefix with its own prompt, within its scope, and prefills only the rest.

@@ -14,7 +14,7 @@ import numpy as np
 
 from inferplane.engines.worker import protocol
 from inferplane.engines.worker.base import EngineBase
-from inferplane.engines.worker.grammar import Grammar, scratch_for
+from inferplane.engines.worker.grammar import Grammar, Vocabulary
 from inferplane.engines.worker.sampler import TokenPicker, log_probabilities
 from inferplane.engines.worker.slots import Choices, Slot, gaps_with, pick_slot
 from inferplane.engines.worker.stats import StepStats
@@ -35,7 +35,7 @@ class SlotKeeper(EngineBase):
     _kept: set[int]
     _cached: dict[int, tuple[str, list[int]]]
     _prefix_cache: bool
-    _scratch: np.ndarray | None
+    _vocabulary: Vocabulary | None
     _stats: StepStats
 
     def _start(self, rid: int, op: protocol.Generate, picker: TokenPicker, free: list[int]) -> None:
@@ -115,10 +115,10 @@ class SlotKeeper(EngineBase):
             return None
         grammar = None
         if op.grammar is not None:
-            if self._scratch is None:
-                self._scratch = scratch_for(self._n_vocab)
+            if self._vocabulary is None:
+                self._vocabulary = Vocabulary(self._L, self._vocab)
             try:
-                grammar = Grammar(self._L, self._vocab, op.grammar, self._scratch)
+                grammar = Grammar(self._vocabulary, op.grammar)
             except ValueError:
                 message = "The output format does not compile to a grammar."
                 self._send(protocol.invalid(rid, message, "response_format"))
