@@ -1,6 +1,6 @@
 """Continuous batching: aggregate decode throughput and time to first token at 1, 4, 8
 and 16 concurrent streams, in one run, for
-  (a) inferplane (default gemma deployment: 8 batched slots per tenant + 1 reserved),
+  (a) inferplane (default gemma deployment: 16 batched slots per tenant + 1 reserved),
   (b) llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`), same GGUF,
   (c) the raw batched-decode limit: a loop over `llama_decode` with B sequences and no
       server at all.
@@ -12,7 +12,8 @@ does; the raw loop and llama_cpp.server decode greedily), as serving benchmarks 
 concurrency do (vLLM's `--max-concurrency`): after the first wave, in which all N
 requests arrive at once, requests reach the server at staggered times. Throughput counts
 the tokens received within the window; time to first token is reported for the first
-wave and for the steady state after it.
+wave and for the steady state after it. Last, the resident memory one more sequence
+slot costs (its KV cache).
 
     .venv/bin/python bench/batching.py [--tokens 96] [--mixes greedy,sampled,json_schema]
 """
@@ -205,6 +206,36 @@ def raw_limit(gguf: Path, streams: int, tokens: int) -> float:
     return streams * tokens / elapsed
 
 
+def memory_per_slot(gguf: Path, context: int) -> float:
+    """MiB of resident memory one more sequence slot costs, as the engine sets its
+    context up (`context` cells per slot, a full sliding-window cache): the growth
+    from 1 to 17 slots, over 16."""
+    import llama_cpp as L
+    from llama_cpp._internals import LlamaContext, LlamaModel
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    def resident() -> float:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    sizes = {}
+    with suppress_stdout_stderr(disable=False):
+        model = LlamaModel(
+            path_model=str(gguf), params=L.llama_model_default_params(), verbose=False
+        )
+        for slots in (1, 17):
+            before = resident()
+            params = L.llama_context_default_params()
+            params.n_ctx, params.n_seq_max = context * slots, slots
+            params.n_batch = params.n_ubatch = 512
+            params.kv_unified, params.swa_full = False, True
+            ctx = LlamaContext(model=model, params=params, verbose=False)
+            sizes[slots] = resident() - before
+            ctx.close()
+        model.close()
+    return (sizes[17] - sizes[1]) / 16
+
+
 def llama_cpp_server(gguf: Path, tokens: int) -> dict[int, tuple[float, float, float, float]]:
     port = free_port()
     proc = subprocess.Popen(
@@ -271,6 +302,8 @@ def main() -> None:
                 }
         theirs = llama_cpp_server(gguf, args.tokens)
         raw = {n: raw_limit(gguf, n, args.tokens) for n in STREAMS}
+        context = int(load_settings(env={}).models[0].context_size)
+        per_slot = memory_per_slot(gguf, context)
     print(f"machine: {describe()}")
     print(
         f"gemma-3-270m Q4_K_M; N clients stream completions back to back for "
@@ -286,6 +319,7 @@ def main() -> None:
         )
         r2, w2, t2, _ = theirs[n]
         print(f"  {n:>7}{cells}  {r2:8.1f} ({w2 * 1000:6.1f} /{t2 * 1000:6.1f})  {raw[n]:11.1f}")
+    print(f"  memory: {per_slot:.1f} MiB per sequence slot (KV cache of {context} tokens)")
     for mix in mixes:
         r1, _, t1, _ = ours[mix][1]
         r8, w8, t8, a8 = ours[mix][8]

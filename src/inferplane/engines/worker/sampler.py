@@ -28,6 +28,7 @@ same tokens.
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter, deque
 
 import numpy as np
@@ -165,27 +166,27 @@ class TokenPicker:
         p = self.params
         truncated = 0 < p.top_k < len(row) or p.top_p < 1.0 or p.min_p > 0
         # Truncation reads probabilities at temperature 1; without it, draw at T directly.
-        scale = 1.0 if truncated else 1.0 / temperature
-        weights = np.exp((row - row.max()) * np.float32(scale))  # the top token's: 1
+        weights = _weights(row, 1.0 if truncated else 1.0 / temperature)  # the top's: 1
         if truncated:
             kept = _truncated(weights, p.top_k, p.top_p, p.min_p)
             tempered = weights[kept] ** np.float32(1.0 / temperature)
             drawn: np.ndarray = kept[_indices(tempered, at)]
             return drawn
         heavy = np.flatnonzero(weights >= _BAR)
-        mass = float(weights[heavy].sum(dtype=np.float64))
-        rest_mass = float(weights.sum(dtype=np.float64)) - mass
+        heavy_weights = weights[heavy]
+        mass = float(heavy_weights.sum(dtype=np.float64))
+        rest_mass = float(weights.sum()) - mass
         at = at * (mass + rest_mass)
         light = at >= mass
         if not light.any() or rest_mass <= 0:
-            drawn = heavy[_indices(weights[heavy], np.minimum(at / mass, 1.0))]
+            drawn = heavy[_indices(heavy_weights, np.minimum(at / mass, 1.0))]
             return drawn
         out = np.empty(len(at), dtype=np.intp)
-        out[~light] = heavy[_indices(weights[heavy], at[~light] / mass)]
+        out[~light] = heavy[_indices(heavy_weights, at[~light] / mass)]
         rest = np.flatnonzero(weights < _BAR)
         rest_weights = weights[rest]
         if not rest_weights.any():  # all below float32's range: only the heavy ones
-            out[light] = heavy[_indices(weights[heavy], self._rng.random(int(light.sum())))]
+            out[light] = heavy[_indices(heavy_weights, self._rng.random(int(light.sum())))]
         else:
             out[light] = rest[_indices(rest_weights, (at[light] - mass) / rest_mass)]
         return out
@@ -221,6 +222,23 @@ def log_probabilities(
 _BAR = 1e-3  # weights (relative to the top token's) above this are the heavy tokens
 # Picks tried before masking the vocabulary when a grammar refuses the first.
 _TRIES = 32
+
+
+_scratch = threading.local()
+
+
+def _weights(row: np.ndarray, scale: float) -> np.ndarray:
+    """`exp((row - max) * scale)`, the top token's weight 1, into this thread's buffer
+    (valid until its next call): a fresh 1 MB array per row cost more than the
+    arithmetic, measured (page faults)."""
+    out: np.ndarray | None = getattr(_scratch, "weights", None)
+    if out is None or len(out) != len(row):
+        out = _scratch.weights = np.empty(len(row), dtype=np.float32)
+    np.subtract(row, row.max(), out=out)
+    if scale != 1.0:
+        np.multiply(out, np.float32(scale), out=out)
+    np.exp(out, out=out)
+    return out
 
 
 def _indices(weights: np.ndarray, at: np.ndarray) -> np.ndarray:
