@@ -55,8 +55,11 @@ class Grammar:
 
     def mask(self) -> np.ndarray:
         """Which tokens may come next (a boolean per token id)."""
-        bits = np.frombuffer(self._matched().compute_bitmask(), dtype=np.uint8)
+        matcher = self._matched()
+        bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
         allowed: np.ndarray = np.unpackbits(bits, bitorder="little")[: self._vocabulary.size]
+        if not allowed.any():  # a matcher in error (a limit of llguidance's was reached)
+            raise RuntimeError(f"the grammar allows no token: {matcher.get_error()}")
         return allowed.view(np.bool_)
 
     def accept(self, token: int) -> None:
