@@ -51,7 +51,10 @@ class Grammar:
 
     def allows(self, token: int) -> bool:
         """Whether the grammar lets `token` come next."""
-        return bool(self._matched().validate_tokens([token]) == 1)
+        matcher = self._matched()
+        if matcher.is_stopped():  # complete, with nothing more it could take: the end
+            return token in self._vocabulary.tokenizer().eos_tokens
+        return bool(matcher.validate_tokens([token]) == 1)
 
     def mask(self) -> np.ndarray:
         """Which tokens may come next (a boolean per token id)."""
@@ -78,20 +81,21 @@ class Grammar:
 
 
 def _tokenizer(L: Any, vocab: Any) -> llguidance.LLTokenizer:
-    """llguidance's tokenizer over the model's vocabulary, as its `llguidance.llamacpp`
-    builds it."""
+    """llguidance's tokenizer over the model's vocabulary. Control tokens are marked
+    special, so no grammar's text can come out as one; user-defined tokens are text, as
+    llama.cpp's own grammar sampler read them (llguidance's helper marks those looking
+    like `<...>` special too, which on Gemma 3 shuts out its tokens for HTML tags such as
+    `<b>`: a text answer under `tool_choice: auto` could no longer spell them so)."""
     size = L.llama_vocab_n_tokens(vocab)
     buffer = ctypes.create_string_buffer(1024)
     tokens: list[bytes] = []
     control = L.LLAMA_TOKEN_ATTR_CONTROL
-    user = L.LLAMA_TOKEN_ATTR_USER_DEFINED
     for token in range(size):
         n = L.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
         if n < 0:
             raise ValueError(f"token {token} is longer than {len(buffer)} bytes")
         piece = buffer.raw[:n]
-        attr = L.llama_vocab_get_attr(vocab, token)
-        if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
+        if L.llama_vocab_get_attr(vocab, token) & control:
             piece = b"\xff" + piece  # llguidance's mark of a special token
         tokens.append(piece)
     ends = [t for t in range(size) if L.llama_vocab_is_eog(vocab, t)]

@@ -1,11 +1,12 @@
 """Tool calls on local models: the grammar they are decoded under, asked token by token
-with llama.cpp's grammar sampler over the bundled model's vocabulary, and the reader
+as the worker asks it (llguidance over the bundled model's vocabulary), and the reader
 that turns the decoded text back into OpenAI's tool calls, however it is split."""
 
 from __future__ import annotations
 
 import ctypes
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from inferplane.config import ModelSpec
 from inferplane.engines.local.prompts import LlamaPrompts, Vocabulary
 from inferplane.engines.local.tools import OPEN as OPEN_CALL
 from inferplane.engines.local.tools import ToolCallReader, tools_grammar
-from inferplane.engines.worker.grammar import Grammar, scratch_for
+from inferplane.engines.worker import grammar as worker_grammar
 from inferplane.errors import InvalidRequest
 from inferplane.events import GenerationEvent, TextDelta, ToolCallDelta
 
@@ -55,26 +56,35 @@ def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vocab(gguf: Path) -> Vocabulary:
-    return Vocabulary(gguf)
+def vocab(gguf: Path) -> _Model:
+    prompts = Vocabulary(gguf)
+    return _Model(prompts, worker_grammar.Vocabulary(llama_cpp, prompts._vocab))
 
 
-def _follows(vocab: Vocabulary, gbnf: str, text: str, *, ends: bool = True) -> bool:
+@dataclass
+class _Model:
+    """The bundled model's vocabulary as the gateway tokenizes with it and as the
+    worker's grammars read it."""
+
+    prompts: Vocabulary
+    grammars: worker_grammar.Vocabulary
+
+
+def _follows(vocab: _Model, gbnf: str, text: str, *, ends: bool = True) -> bool:
     """Whether the grammar lets `text` come out (and then end, with `ends`), token by
-    token as the worker asks it. A refused token is never accepted (that aborts)."""
-    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab._vocab)
-    grammar = Grammar(llama_cpp, vocab._vocab, gbnf, scratch_for(n_vocab))
+    token as the worker asks it. A refused token is never accepted."""
+    grammar = worker_grammar.Grammar(vocab.grammars, gbnf)
     try:
-        for token in vocab.tokenize(text, bos=False, special=False):
+        for token in vocab.prompts.tokenize(text, bos=False, special=False):
             if not grammar.allows(token):
                 return False
             grammar.accept(token)
-        return not ends or grammar.allows(llama_cpp.llama_vocab_eos(vocab._vocab))
+        return not ends or grammar.allows(llama_cpp.llama_vocab_eos(vocab.prompts._vocab))
     finally:
         grammar.close()
 
 
-def test_required_allows_a_call_of_any_tool_and_nothing_else(vocab: Vocabulary) -> None:
+def test_required_allows_a_call_of_any_tool_and_nothing_else(vocab: _Model) -> None:
     gbnf = tools_grammar(TOOLS, "required", None)
     assert gbnf is not None
     assert _follows(vocab, gbnf, PARIS) and _follows(vocab, gbnf, " " + SUM)
@@ -87,7 +97,7 @@ def test_required_allows_a_call_of_any_tool_and_nothing_else(vocab: Vocabulary) 
     assert not _follows(vocab, gbnf, PARIS[:-3])  # an unfinished call cannot end
 
 
-def test_a_named_function_is_the_only_one_allowed(vocab: Vocabulary) -> None:
+def test_a_named_function_is_the_only_one_allowed(vocab: _Model) -> None:
     gbnf = tools_grammar(TOOLS, {"type": "function", "function": {"name": "add"}}, False)
     assert gbnf is not None
     assert _follows(vocab, gbnf, SUM)
@@ -95,7 +105,7 @@ def test_a_named_function_is_the_only_one_allowed(vocab: Vocabulary) -> None:
     assert not _follows(vocab, gbnf, SUM + "\n" + SUM)  # parallel_tool_calls false
 
 
-def test_auto_allows_text_or_calls_decided_at_the_start(vocab: Vocabulary) -> None:
+def test_auto_allows_text_or_calls_decided_at_the_start(vocab: _Model) -> None:
     gbnf = tools_grammar(TOOLS, "auto", None)
     assert gbnf is not None
     assert _follows(vocab, gbnf, PARIS)
@@ -194,7 +204,7 @@ def test_a_call_cut_short_keeps_what_was_decoded() -> None:
     assert text == "" and calls[0]["name"] == "add" and calls[0]["arguments"] == '{"a": 1'
 
 
-def test_control_texts_in_tools_and_calls_stay_plain_text(gguf: Path, vocab: Vocabulary) -> None:
+def test_control_texts_in_tools_and_calls_stay_plain_text(gguf: Path, vocab: _Model) -> None:
     """A caller's `<start_of_turn>` in a tool's description or a call's arguments is
     text, never the control token (as in message contents); the template's own
     rendering of tools and calls is kept."""
@@ -219,8 +229,8 @@ def test_control_texts_in_tools_and_calls_stay_plain_text(gguf: Path, vocab: Voc
             {"role": "tool", "tool_call_id": "c1", "content": "ok"},
         ]
         tokens = prompts.prepare(messages=messages, tools=[tool], tool_choice="auto").tokens
-        assert vocab.ids[marker] not in tokens, (function, arguments)
-        text = _text(vocab, tokens)
+        assert vocab.prompts.ids[marker] not in tokens, (function, arguments)
+        text = _text(vocab.prompts, tokens)
         assert text.count(marker) == 1  # as text
         shown = json.dumps(json.loads(arguments), ensure_ascii=False)
         assert f'{OPEN_CALL}{{"name": "f", "arguments": {shown}}}' in text

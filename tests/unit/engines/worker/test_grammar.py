@@ -89,6 +89,9 @@ def test_tool_calls_and_free_text_under_auto(model: tuple[Any, Any, Vocabulary])
             assert grammar.allows(token), text
             grammar.accept(token)
         assert grammar.allows(L.llama_vocab_eot(vocab))
+        assert grammar.allows(L.llama_vocab_eos(vocab))
+        assert not grammar.allows(L.llama_vocab_bos(vocab))
+        assert grammar.mask()[[L.llama_vocab_eot(vocab), L.llama_vocab_eos(vocab)]].all()
 
 
 def test_a_grammar_that_does_not_parse_is_refused(model: tuple[Any, Any, Vocabulary]) -> None:
