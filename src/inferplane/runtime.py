@@ -55,12 +55,14 @@ from inferplane.engines.local.model import (
     load_local_model,
 )
 from inferplane.engines.local.supervisor import Supervisor
+from inferplane.guardrails.policy import Policies, configured
 from inferplane.limits.budgets import Budgets, BudgetTracker
 from inferplane.limits.memory import Limiter, MemoryLimiter
 from inferplane.limits.pricing import PriceBook
 from inferplane.limits.redis_budgets import RedisBudgets
 from inferplane.limits.redis_limiter import RedisLimiter
 from inferplane.pipeline.admission import Admitter
+from inferplane.pipeline.guarding import GuardInput, RestoreOutput
 from inferplane.pipeline.service import InferenceService
 from inferplane.routing.build import RouteTable
 from inferplane.routing.policy import DataPolicy
@@ -106,6 +108,7 @@ class Runtime:
     deployments: DeploymentStore
     cache: ResponseCache | None
     policy: DataPolicy
+    guardrails: Policies  # guardrail policies in force
     inference: InferenceService
     started_at: int
 
@@ -259,6 +262,8 @@ class Runtime:
     async def _open_services(self) -> None:
         self.policy = DataPolicy(self.settings.policy)
         admitter = Admitter(self.limiter, self.shared_budgets, self.prices, self.ledger)
+        self.guardrails = configured(self.settings)
+        guarded = bool(self.guardrails.by_id)
         self.inference = InferenceService(
             self.models,
             self.routes.router,
@@ -267,6 +272,8 @@ class Runtime:
             self.metrics,
             self.cache,
             self.policy,
+            inputs=(GuardInput(self.guardrails, self.metrics),) if guarded else (),
+            outputs=(RestoreOutput(),) if guarded else (),
         )
         self.started_at = int(time.time())
 

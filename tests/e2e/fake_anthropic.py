@@ -19,18 +19,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.e2e.app_server import serving
 from tests.e2e.server import free_port
 
 API_KEY = "sk-ant-fake-test-key-0123456789"
@@ -50,20 +48,12 @@ class FakeAnthropic:
 
     def __enter__(self) -> FakeAnthropic:
         app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Anthropic server did not start")
-            time.sleep(0.02)
+        self._serving = serving(app, self.port, "fake Anthropic server")
+        self._serving.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._serving.__exit__(None, None, None)
 
     async def _messages(self, request: Request) -> Response:
         body = await request.json()

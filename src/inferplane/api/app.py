@@ -24,6 +24,7 @@ from inferplane.api.middleware import GatewayMiddleware
 from inferplane.api.openai.chat_completion.router import router as chat_router
 from inferplane.api.openai.completion.router import router as completion_router
 from inferplane.api.openai.embedding.router import router as embedding_router
+from inferplane.api.openai.guardrails.router import router as guardrails_router
 from inferplane.api.openai.models.router import router as models_router
 from inferplane.config import Settings
 from inferplane.runtime import Runtime
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> ASGIApp:
         completion_router,
         embedding_router,
         models_router,
+        guardrails_router,
         admin_deployments.router,
         admin_keys.router,
         admin_orgs.router,

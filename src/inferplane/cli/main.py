@@ -9,6 +9,7 @@ from pathlib import Path
 
 from inferplane.cli import keys, usage
 from inferplane.config import ConfigError, load_settings
+from inferplane.guardrails.policy import configured
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +35,7 @@ def _serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings(args.config, host=args.host, port=args.port)
+        configured(settings)  # guardrail policies: read now, to stop with the field at fault
     except ConfigError as exc:
         print(f"inferplane: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -122,6 +122,8 @@ class AliasSpec(_Strict):
     limits: Limits = Limits()
     pricing: Price | None = None  # what callers are charged (as for local models)
     default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    # The guardrail policy of requests to this alias (one of `guardrails.policies`).
+    policy: Name | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> AliasSpec:

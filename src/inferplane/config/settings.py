@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from inferplane.config.defaults import DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE, default_models
+from inferplane.config.guardrails import GuardrailSettings
 from inferplane.config.policy import PolicySettings, check_upstream, normalize
 from inferplane.config.routes import PROVIDER_KEY_PATTERN, AliasSpec, Name, Routing
 from inferplane.limits.policy import Limits
@@ -98,6 +99,8 @@ class ModelSpec(Routing):
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 2.0
     # Callers may name this model directly (false: only through an alias's deployments).
     listed: bool = True
+    # The guardrail policy of requests to this model (one of `guardrails.policies`).
+    policy: Name | None = None
 
     @property
     def slots(self) -> int:
@@ -223,6 +226,7 @@ class FileConfig(_Strict):
     server: ServerSettings = ServerSettings()
     cache: CacheSettings | None = None
     policy: PolicySettings = PolicySettings()
+    guardrails: GuardrailSettings | None = None
     models: list[
         Annotated[
             Annotated[ModelSpec, Tag("model")] | Annotated[AliasSpec, Tag("alias")],
@@ -248,6 +252,7 @@ class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     cache: CacheSettings | None = None
     policy: PolicySettings = PolicySettings()
+    guardrails: GuardrailSettings | None = None
     # Every local worker: plain local models and the local deployments of aliases.
     models: list[ModelSpec]
     aliases: list[AliasSpec] = Field(default_factory=list)
@@ -281,6 +286,15 @@ class Settings(_Strict):
             region = routing.region
             if regions is not None and region is not None and normalize(region) not in regions:
                 raise ValueError(f"deployment '{name}': region '{region}' is not in policy.regions")
+        return self
+
+    @model_validator(mode="after")
+    def _guardrail_policies_exist(self) -> Settings:
+        ids = {p.get("id") for p in self.guardrails.policies} if self.guardrails else set()
+        named = [(m.id, m.policy) for m in self.models] + [(a.id, a.policy) for a in self.aliases]
+        for model, policy in named:
+            if policy is not None and policy not in ids:
+                raise ValueError(f"model '{model}': policy '{policy}' is not defined")
         return self
 
     @model_validator(mode="after")
@@ -374,6 +388,7 @@ def load_settings(
             server=ServerSettings.model_validate(server),
             cache=file_cfg.get("cache"),
             policy=file_cfg.get("policy") or PolicySettings(),
+            guardrails=file_cfg.get("guardrails"),
             models=models,
             aliases=aliases,
         )

@@ -33,6 +33,9 @@ class Outcome:
     # x-ratelimit-* headers of the admission, for the response.
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     first_token_at: float | None = None  # time.perf_counter()
+    # The input guardrails' placeholders and the values they stand for, turned back in
+    # the answer by the output stage. Never recorded, logged or cached.
+    pseudonyms: dict[str, str] | None = field(default=None, repr=False)
 
     def served_by(self, deployment: str, version: str) -> None:
         self.deployment, self.model_version = deployment, version

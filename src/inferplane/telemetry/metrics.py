@@ -167,6 +167,19 @@ class Metrics:
             buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
             registry=r,
         )
+        self.guardrail_decisions = Counter(
+            "inferplane_guardrail_decisions_total",
+            "Guardrail rules that found something, by policy, rule, detector and action.",
+            ["policy", "rule", "detector", "action"],
+            registry=r,
+        )
+        self.guardrail_seconds = Histogram(
+            "inferplane_guardrail_detector_seconds",
+            "Time a guardrail detector took over one text.",
+            ["detector"],
+            buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+            registry=r,
+        )
         self.cache_semantic_score = Histogram(
             "inferplane_cache_semantic_score",
             "Cosine similarity of the entries that answered semantic hits.",

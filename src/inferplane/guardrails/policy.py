@@ -1,0 +1,159 @@
+"""Guardrail policies as data: a document of ordered `input` and `output` rules, each a
+detector with its options and an action.
+
+    {"id": "baseline", "description": "...",
+     "input": [{"id": "no-secrets", "detector": "secrets", "action": "block"}, ...],
+     "output": [{"id": "leak", "detector": "pii", "action": "redact"}]}
+
+A document that does not validate is refused with the path of the field at fault
+(`input[1].action`), from the config file at start-up or from the admin API.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from inferplane.config import ConfigError, Settings
+from inferplane.errors import InvalidRequest
+from inferplane.guardrails.pii import STRUCTURED
+
+Detector = Literal["pii", "secrets", "regex", "deny_list"]
+Action = Literal["block", "redact", "pseudonymise", "flag"]
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=_ID)]
+    detector: Detector
+    action: Action
+    # pii: the entity types (Presidio's names); all the structured ones when left out.
+    entities: tuple[str, ...] | None = None
+    # secrets: the entropy, in bits a character, a secret-named value needs.
+    threshold: Annotated[float, Field(ge=0, le=8)] | None = None
+    patterns: tuple[str, ...] | None = None  # regex
+    words: tuple[str, ...] | None = None  # deny_list: matched whole, case-insensitively
+
+    @field_validator("entities")
+    @classmethod
+    def _known_entities(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for entity in value or ():
+            if entity not in STRUCTURED:
+                raise ValueError(
+                    f"unknown entity type {entity!r}; this server detects: {', '.join(STRUCTURED)}"
+                )
+        return value
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiled(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in value or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> Rule:
+        needs = {"regex": "patterns", "deny_list": "words"}.get(self.detector)
+        if needs is not None and not getattr(self, needs):
+            raise ValueError(f"a {self.detector} rule needs '{needs}'")
+        allowed = {"pii": {"entities"}, "secrets": {"threshold"}, "regex": {"patterns"}}
+        allowed["deny_list"] = {"words"}
+        for option in ("entities", "threshold", "patterns", "words"):
+            if getattr(self, option) is not None and option not in allowed[self.detector]:
+                raise ValueError(f"'{option}' does not apply to a {self.detector} rule")
+        return self
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=_ID)]
+    description: Annotated[str, Field(max_length=1000)] = ""
+    input: tuple[Rule, ...] = ()
+    output: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _valid_rules(self) -> Policy:
+        seen: set[str] = set()
+        for direction, rules in (("input", self.input), ("output", self.output)):
+            for i, rule in enumerate(rules):
+                if rule.id in seen:
+                    raise ValueError(f"{direction}[{i}].id: rule id {rule.id!r} is used twice")
+                seen.add(rule.id)
+                if direction == "output":  # refused, not ignored, until answers are read
+                    raise ValueError(
+                        f"{direction}[{i}]: output rules are not applied by this version yet"
+                    )
+        return self
+
+
+def parse_policy(document: Any, *, param: str = "policy") -> Policy:
+    """A policy from its document; 400 naming the field at fault."""
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = _path(error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if ": " in message and not path and message.split(": ", 1)[0].count("[") == 1:
+            path, message = message.split(": ", 1)  # a rule found at fault by the policy
+        raise InvalidRequest(
+            f"Invalid guardrail policy at '{path or param}': {message}", param=path or param
+        ) from None
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in str(part) or str(part).startswith("function-"):
+            continue  # pydantic's names for the validators and unions it went through
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """The policies in force: by id, the server's default, the models' own. The
+    effective policy of a request: its model's (alias or model id the caller named),
+    else the server's default."""
+
+    by_id: Mapping[str, Policy] = field(default_factory=dict)
+    default: str | None = None
+    by_model: Mapping[str, str] = field(default_factory=dict)
+
+    def effective(self, model: str | None) -> Policy | None:
+        name = self.by_model.get(model or "") or self.default
+        return self.by_id.get(name) if name else None
+
+
+def configured(settings: Settings) -> Policies:
+    """The config file's policies; a document at fault stops start-up naming the field
+    (`guardrails.policies[0].input[1].action`)."""
+    cfg = settings.guardrails
+    if cfg is None:
+        return Policies()
+    by_id: dict[str, Policy] = {}
+    for i, document in enumerate(cfg.policies):
+        try:
+            policy = parse_policy(document)
+        except InvalidRequest as exc:
+            where = f"guardrails.policies[{i}].{exc.param}"
+            raise ConfigError(f"{where}: {exc.message}") from None
+        if policy.id in by_id:
+            raise ConfigError(f"guardrails.policies[{i}].id: policy '{policy.id}' is defined twice")
+        by_id[policy.id] = policy
+    models = {m.id: m.policy for m in settings.models if m.policy}
+    models.update({a.id: a.policy for a in settings.aliases if a.policy})
+    return Policies(by_id, cfg.default_policy, models)

@@ -1,0 +1,104 @@
+"""Credentials in text: cloud and VCS tokens by their issuers' formats, private keys,
+JSON web tokens, passwords in URLs, and high-entropy values assigned to names that say
+they are secret (`api_key = ...`, `"token": "..."`).
+
+A token format is matched exactly (its prefix, alphabet and length), so ordinary code,
+hashes in lock files or UUIDs do not match; the generic rule needs both a secret-ish
+name and a value random enough (Shannon entropy over its characters) not to be a word,
+a placeholder or a variable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+from inferplane.guardrails.pii import Finding
+
+_FORMATS: list[tuple[str, re.Pattern[str]]] = [
+    (t, re.compile(p))
+    for t, p in [
+        (
+            "AWS_ACCESS_KEY",
+            r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])",
+        ),
+        (
+            "GITHUB_TOKEN",
+            r"(?<!\w)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})(?!\w)",
+        ),
+        ("GITLAB_TOKEN", r"(?<!\w)glpat-[A-Za-z0-9_-]{20,}(?![\w-])"),
+        ("SLACK_TOKEN", r"(?<!\w)xox[abposr]-[A-Za-z0-9-]{10,}(?![\w-])"),
+        ("SLACK_WEBHOOK", r"https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+"),
+        ("STRIPE_KEY", r"(?<!\w)(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}(?!\w)"),
+        ("GOOGLE_API_KEY", r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])"),
+        ("OPENAI_API_KEY", r"(?<![\w-])sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}(?![\w-])"),
+        ("ANTHROPIC_API_KEY", r"(?<![\w-])sk-ant-[A-Za-z0-9_-]{32,}(?![\w-])"),
+        ("NPM_TOKEN", r"(?<!\w)npm_[A-Za-z0-9]{36}(?!\w)"),
+        ("PYPI_TOKEN", r"(?<![\w-])pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}(?![\w-])"),
+        ("TWILIO_KEY", r"(?<!\w)SK[0-9a-f]{32}(?!\w)"),
+        ("SENDGRID_KEY", r"(?<![\w.])SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}(?![\w.-])"),
+        ("AZURE_STORAGE_KEY", r"AccountKey=[A-Za-z0-9+/]{86}=="),
+        ("PRIVATE_KEY", r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----"),
+        (
+            "JWT",
+            r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}(?![\w-])",
+        ),
+        ("URL_PASSWORD", r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s:/@]{3,128})@[^\s/@]+"),
+    ]
+]  # fmt: skip
+
+# A value assigned to a name that says it is secret: `NAME = "value"`, `name: value`,
+# `--name value`, `"name": "value"`.
+_ASSIGNED = re.compile(
+    r"(?i)(?:api[_-]?key|secret|token|passw(?:or)?d|pwd|credential|auth|private[_-]?key|"
+    r"access[_-]?key|client[_-]?secret)[\w-]{0,20}[\"']?\s*(?:[:=]|\s)\s*[\"']?"
+    r"([A-Za-z0-9+/_.~!@#$%^&*-]{12,256})"
+)
+_PLACEHOLDERS = re.compile(
+    r"(?i)^(?:x+|\*+|<.*>|\$\{.*\}|\{\{.*\}\}|your[_-].*|changeme|example.*|placeholder.*|"
+    r"(?:os\.)?environ.*|getenv.*|process\.env.*|none|null|true|false|self\..*)$"
+)
+
+
+def find_secrets(text: str, threshold: float = 3.5) -> list[Finding]:
+    """Credentials in `text`. `threshold`: the entropy (bits a character) a value assigned
+    to a secret-sounding name needs to count."""
+    found: list[Finding] = []
+    for kind, pattern in _FORMATS:
+        for m in pattern.finditer(text):
+            if kind == "URL_PASSWORD":
+                if _PLACEHOLDERS.match(m.group(1)):
+                    continue
+                found.append(Finding(kind, m.start(1), m.end(1)))
+            else:
+                found.append(Finding(kind, m.start(), m.end()))
+    for m in _ASSIGNED.finditer(text):
+        value = m.group(1)
+        if _PLACEHOLDERS.match(value) or not _mixed(value):
+            continue
+        bits = entropy(value)
+        if bits >= threshold:
+            found.append(Finding("SECRET", m.start(1), m.end(1), min(1.0, bits / 5)))
+    return _merged(found)
+
+
+def entropy(value: str) -> float:
+    """Shannon entropy of the value's characters, in bits per character."""
+    counts = Counter(value)
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _mixed(value: str) -> bool:
+    """Letters and digits both (a random key has them; identifiers and words seldom)."""
+    return any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+
+
+def _merged(found: list[Finding]) -> list[Finding]:
+    kept: list[Finding] = []
+    for f in sorted(found, key=lambda f: (f.start, -(f.end - f.start))):
+        if kept and f.start < kept[-1].end:
+            continue  # inside one found already (by a more specific rule, or longer)
+        kept.append(f)
+    return kept

@@ -1,0 +1,154 @@
+"""The guardrails in the request path: the input stage applies the effective policy's
+input rules to every text of the prompt (refusing it, or passing it on redacted or
+pseudonymised); the output stage turns the placeholders in the answer back into the
+values they stand for, also when a stream splits one across chunks.
+
+The effective policy of a request: its model's (`policy:` on a model or an alias in
+the config), else the server's default (`guardrails.default_policy`): see
+`guardrails.policy.Policies`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import Any
+
+from inferplane.engines.interface import GenerationInput
+from inferplane.errors import InferplaneError, InvalidRequest
+from inferplane.events import Finished, GenerationEvent, TextDelta, ToolCallDelta
+from inferplane.guardrails.guard import Pseudonyms, Verdict, apply
+from inferplane.guardrails.policy import Policies, Policy, Rule
+from inferplane.guardrails.restore import Restorer
+from inferplane.pipeline.context import RequestContext
+from inferplane.telemetry.metrics import Metrics
+
+
+class ContentPolicyViolation(InferplaneError):
+    status = 400
+    type = "invalid_request_error"
+    code = "content_policy_violation"
+
+
+class GuardInput:
+    """The input stage (`pipeline.stages.InputStage`)."""
+
+    name = "guard-input"
+
+    def __init__(self, policies: Policies, metrics: Metrics):
+        self._policies = policies
+        self._metrics = metrics
+
+    async def inspect(self, ctx: RequestContext, request: GenerationInput) -> GenerationInput:
+        policy = self._policies.effective(ctx.outcome.model)
+        if policy is None or not policy.input:
+            return request
+        pseudonyms = Pseudonyms()
+        prompt = dict(request.prompt)
+        if "messages" in prompt:
+            prompt["messages"] = [
+                self._message(policy, m, pseudonyms, f"messages[{i}]")
+                for i, m in enumerate(prompt["messages"])
+            ]
+        else:
+            prompt["prompt"] = self._prompt(policy, prompt.get("prompt"), pseudonyms)
+        if pseudonyms:
+            ctx.outcome.pseudonyms = pseudonyms.values
+        return GenerationInput(request.endpoint, prompt, request.size_hint, request.cap)
+
+    def _message(self, policy: Policy, message: Any, pseudonyms: Pseudonyms, param: str) -> Any:
+        if not isinstance(message, dict):
+            return message
+        out = dict(message)
+        content = message.get("content")
+        if isinstance(content, str):
+            out["content"] = self._text(policy, content, pseudonyms, f"{param}.content")
+        elif isinstance(content, list):
+            out["content"] = [
+                {**part, "text": self._text(policy, part["text"], pseudonyms, f"{param}.content")}
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+                else part
+                for part in content
+            ]
+        if message.get("tool_calls"):
+            out["tool_calls"] = [
+                self._call(policy, c, pseudonyms, param) for c in message["tool_calls"]
+            ]
+        return out
+
+    def _call(self, policy: Policy, call: Any, pseudonyms: Pseudonyms, param: str) -> Any:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+            return call
+        arguments = self._text(policy, function["arguments"], pseudonyms, f"{param}.tool_calls")
+        return {**call, "function": {**function, "arguments": arguments}}
+
+    def _prompt(self, policy: Policy, prompt: Any, pseudonyms: Pseudonyms) -> Any:
+        if isinstance(prompt, str):
+            return self._text(policy, prompt, pseudonyms, "prompt")
+        if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+            return [self._text(policy, p, pseudonyms, "prompt") for p in prompt]
+        # Token ids cannot be read as text: a policy that must see the prompt refuses them.
+        raise InvalidRequest(
+            "This model's guardrail policy reads prompts as text: send text, not token ids.",
+            param="prompt",
+            code="content_policy_violation",
+        )
+
+    def _text(self, policy: Policy, text: str, pseudonyms: Pseudonyms, param: str) -> str:
+        verdict = apply(policy.input, text, pseudonyms)
+        self._count(policy, verdict)
+        rule = verdict.blocked_by
+        if rule is not None:
+            raise ContentPolicyViolation(
+                f"The request was refused by guardrail rule '{rule.id}' of policy '{policy.id}'.",
+                param=param,
+            )
+        return verdict.text
+
+    def _count(self, policy: Policy, verdict: Verdict) -> None:
+        for detector, seconds in verdict.timings.items():
+            self._metrics.guardrail_seconds.labels(detector).observe(seconds)
+        rules: dict[str, Rule] = {h.rule.id: h.rule for h in verdict.hits}
+        for rule in rules.values():
+            self._metrics.guardrail_decisions.labels(
+                policy.id, rule.id, rule.detector, rule.action
+            ).inc()
+
+
+class RestoreOutput:
+    """The output stage (`pipeline.stages.OutputStage`): placeholders back to values."""
+
+    name = "guard-output"
+
+    async def watch(
+        self, ctx: RequestContext, events: AsyncGenerator[GenerationEvent, None]
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        values = ctx.outcome.pseudonyms
+        if not values:
+            async for event in events:
+                yield event
+            return
+        texts: dict[int, tuple[Restorer, TextDelta]] = {}
+        calls: dict[tuple[int, int], tuple[Restorer, ToolCallDelta]] = {}
+        async for event in events:
+            if isinstance(event, TextDelta):
+                restorer = texts[event.choice][0] if event.choice in texts else Restorer(values)
+                texts[event.choice] = (restorer, event)
+                text = restorer.feed(event.text)
+                if text or event.logprobs:
+                    yield replace(event, text=text)
+            elif isinstance(event, ToolCallDelta):
+                key = (event.choice, event.index)
+                restorer = calls[key][0] if key in calls else Restorer(values)
+                calls[key] = (restorer, event)
+                yield replace(event, arguments=restorer.feed(event.arguments))
+            else:
+                if isinstance(event, Finished):  # what was kept back, as it came
+                    for restorer, last in texts.values():
+                        if held := restorer.flush():
+                            yield replace(last, text=held, logprobs=None, more=False)
+                    for restorer, call in calls.values():
+                        if held := restorer.flush():
+                            yield replace(call, arguments=held, id=None, name=None, more=False)
+                yield event

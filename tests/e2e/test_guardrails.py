@@ -1,0 +1,198 @@
+"""Guardrail policies end to end: the official openai client -> inferplane -> an echoing
+upstream on its own socket that records what reached it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.echo_upstream import EchoUpstream
+from tests.e2e.server import Server, metric, running_server
+
+POLICIES = """
+guardrails:
+  default_policy: baseline
+  policies:
+    - id: baseline
+      description: no secrets out, personal data under placeholders
+      input:
+        - {id: no-secrets, detector: secrets, action: block}
+        - {id: pii, detector: pii, action: pseudonymise,
+           entities: [EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, US_SSN, IP_ADDRESS]}
+        - {id: codename, detector: deny_list, words: [bluebird], action: flag}
+    - id: open
+      input:
+        - {id: only-flag, detector: secrets, action: flag}
+"""
+
+EMAIL, PHONE = "jane.doe@example.org", "+44 20 7946 0958"
+CARD, IBAN = "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00"
+PERSONAL = f"Mail {EMAIL} or call {PHONE}; card {CARD}, IBAN {IBAN}. Thanks"
+SECRET = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"  # a GitHub token's shape
+
+
+@dataclass
+class Setup:
+    server: Server
+    echo: EchoUpstream
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    tmp = tmp_path_factory.mktemp("guardrails")
+    with EchoUpstream(piece=3) as echo:
+        config = tmp / "config.yaml"
+        config.write_text(
+            POLICIES
+            + f"""
+models:
+  - id: external
+    deployments:
+      - {{name: echo, engine: openai_compatible, base_url: "{echo.url}", model: echo,
+         tags: [external]}}
+  - id: lenient
+    policy: open
+    deployments:
+      - {{name: echo-lenient, engine: openai_compatible, base_url: "{echo.url}", model: echo}}
+"""
+        )
+        with running_server(tmp / "data", config=config) as server:
+            yield Setup(server, echo)
+
+
+def _ask(setup: Setup, text: str, model: str = "external", **kw: object) -> str:
+    resp = setup.server.client().chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        **kw,  # type: ignore[arg-type]
+    )
+    return resp.choices[0].message.content or ""
+
+
+def _sent(setup: Setup) -> str:
+    return str(setup.echo.requests[-1]["messages"])
+
+
+def test_personal_data_never_reaches_the_upstream_and_comes_back_restored(setup: Setup) -> None:
+    answer = _ask(setup, PERSONAL)
+    sent = _sent(setup)
+    for value in (EMAIL, PHONE, CARD, IBAN):
+        assert value not in sent
+    for placeholder in (
+        "<EMAIL_ADDRESS_1>",
+        "<PHONE_NUMBER_1>",
+        "<CREDIT_CARD_1>",
+        "<IBAN_CODE_1>",
+    ):
+        assert placeholder in sent
+    assert answer == f"You said: {PERSONAL}"
+
+
+def test_a_stream_restores_placeholders_split_across_chunks(setup: Setup) -> None:
+    stream = setup.server.client().chat.completions.create(
+        model="external", messages=[{"role": "user", "content": PERSONAL}], stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == f"You said: {PERSONAL}"
+    assert EMAIL not in _sent(setup)
+    assert not any("<EMAIL" in p or "ADDRESS_1>" in p for p in pieces)
+
+
+def test_the_same_value_gets_the_same_placeholder_across_turns(setup: Setup) -> None:
+    setup.server.client().chat.completions.create(
+        model="external",
+        messages=[
+            {"role": "system", "content": f"The user is {EMAIL}."},
+            {"role": "user", "content": f"Write to {EMAIL} and to ops@example.com"},
+        ],
+    )
+    sent = setup.echo.requests[-1]["messages"]
+    assert sent[0]["content"] == "The user is <EMAIL_ADDRESS_1>."
+    assert sent[1]["content"] == "Write to <EMAIL_ADDRESS_1> and to <EMAIL_ADDRESS_2>"
+
+
+def test_a_secret_is_blocked_before_any_model_sees_it(setup: Setup) -> None:
+    before = len(setup.echo.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        _ask(setup, f"deploy with token {SECRET} please")
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "content_policy_violation"
+    assert "no-secrets" in error["message"] and SECRET not in error["message"]
+    assert len(setup.echo.requests) == before
+
+
+def test_a_models_own_policy_applies_and_others_are_untouched(setup: Setup) -> None:
+    # `lenient` has policy `open`: the secret is only flagged, personal data passes as is.
+    answer = _ask(setup, f"token {SECRET} and {EMAIL}", model="lenient")
+    assert SECRET in _sent(setup) and EMAIL in _sent(setup)
+    assert answer == f"You said: token {SECRET} and {EMAIL}"
+    flagged = metric(
+        setup.server,
+        "inferplane_guardrail_decisions_total",
+        action="flag",
+        detector="secrets",
+        policy="open",
+        rule="only-flag",
+    )
+    assert flagged >= 1
+
+
+def test_analyze_reports_findings_and_the_text_it_would_pass(setup: Setup) -> None:
+    with setup.server.http() as http:
+        resp = http.post(
+            "/v1/guardrails/analyze",
+            json={"text": f"Mail {EMAIL} about bluebird", "direction": "input"},
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["policy"] == "baseline" and body["action"] == "pseudonymise"
+        assert body["text"] == "Mail <EMAIL_ADDRESS_1> about bluebird"
+        found = {(f["rule"], f["type"]) for f in body["findings"]}
+        assert found == {("pii", "EMAIL_ADDRESS"), ("codename", "DENIED_WORD")}
+        email = next(f for f in body["findings"] if f["type"] == "EMAIL_ADDRESS")
+        assert (email["start"], email["end"]) == (5, 5 + len(EMAIL))
+        blocked = http.post("/v1/guardrails/analyze", json={"text": SECRET}).json()
+        assert blocked["action"] == "block" and blocked["text"] is None
+        unknown = http.post("/v1/guardrails/analyze", json={"text": "x", "policy": "nope"})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "policy"
+
+
+def test_a_bad_policy_stops_start_up_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        """
+guardrails:
+  policies:
+    - id: broken
+      input:
+        - {id: a, detector: secrets, action: block}
+        - {id: b, detector: pii, action: shred}
+models:
+  - id: m
+    deployments:
+      - {name: d, engine: openai_compatible, base_url: "http://127.0.0.1:9/v1", model: x}
+"""
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "inferplane.cli", "serve", "--config", str(config), "--port", "9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "INFERPLANE_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert done.returncode == 2
+    assert "guardrails.policies[0].input[1].action" in done.stderr
+
+
+def test_analyze_needs_a_key(setup: Setup) -> None:
+    resp = httpx.post(f"{setup.server.base_url}/v1/guardrails/analyze", json={"text": "x"})
+    assert resp.status_code == 401

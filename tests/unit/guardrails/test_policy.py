@@ -1,0 +1,91 @@
+"""Policy documents, and what a policy's rules do to a text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from inferplane.errors import InvalidRequest
+from inferplane.guardrails.guard import Pseudonyms, apply
+from inferplane.guardrails.policy import parse_policy
+from inferplane.guardrails.restore import Restorer
+
+
+def _policy(*rules: dict[str, Any]) -> Any:
+    return parse_policy({"id": "p", "input": list(rules)})
+
+
+def _doc(*rules: dict[str, Any], direction: str = "input", **policy: Any) -> dict[str, Any]:
+    return {"id": "p", direction: list(rules), **policy}
+
+
+def _rule(**options: Any) -> dict[str, Any]:
+    return {"id": "a", "detector": "pii", "action": "flag", **options}
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        (_doc(_rule(action="shred")), "input[0].action"),
+        (_doc(_rule(detector="magic")), "input[0].detector"),
+        (_doc(_rule(detector="regex")), "input[0]"),  # no patterns
+        (_doc(_rule(detector="regex", patterns=["("])), "input[0].patterns"),
+        (_doc(_rule(entities=["AURA"])), "input[0].entities"),
+        (_doc(_rule(detector="secrets", words=["x"])), "input[0]"),
+        (_doc(_rule(action="redact"), direction="output"), "output[0]"),
+        (_doc(_rule(), _rule()), "input[1].id"),
+        (_doc(_rule(extra=1)), "input[0].extra"),
+        (_doc(id="bad id!"), "id"),
+    ],
+)
+def test_a_bad_document_is_refused_naming_the_field(document: Any, path: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_policy(document)
+    assert caught.value.param == path, caught.value.message
+
+
+def test_block_wins_and_leaves_the_text_as_it_was() -> None:
+    policy = _policy(
+        {"id": "pii", "detector": "pii", "action": "redact"},
+        {"id": "words", "detector": "deny_list", "words": ["Project X"], "action": "block"},
+    )
+    text = "Send jane@example.org the project x plans"
+    verdict = apply(policy.input, text, Pseudonyms())
+    assert verdict.action == "block" and verdict.blocked_by is not None
+    assert verdict.blocked_by.id == "words" and verdict.text == text
+
+
+def test_redact_pseudonymise_and_flag_together() -> None:
+    policy = _policy(
+        {"id": "cards", "detector": "pii", "entities": ["CREDIT_CARD"], "action": "redact"},
+        {"id": "mail", "detector": "pii", "entities": ["EMAIL_ADDRESS"], "action": "pseudonymise"},
+        {"id": "ticket", "detector": "regex", "patterns": [r"TCK-\d+"], "action": "flag"},
+    )
+    pseudonyms = Pseudonyms()
+    text = "a@x.io paid 4111 1111 1111 1111 for TCK-42; cc a@x.io and b@y.io"
+    verdict = apply(policy.input, text, pseudonyms)
+    assert verdict.action in ("redact", "pseudonymise")
+    assert verdict.text == (
+        "<EMAIL_ADDRESS_1> paid <CREDIT_CARD> for TCK-42; "
+        "cc <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_2>"
+    )
+    assert {h.rule.id for h in verdict.hits} == {"cards", "mail", "ticket"}
+    assert pseudonyms.values == {"<EMAIL_ADDRESS_1>": "a@x.io", "<EMAIL_ADDRESS_2>": "b@y.io"}
+
+
+def test_nothing_found_passes_the_text_unchanged() -> None:
+    verdict = apply(
+        _policy({"id": "s", "detector": "secrets", "action": "block"}).input, "hi", Pseudonyms()
+    )
+    assert (verdict.action, verdict.text, verdict.hits) == ("pass", "hi", [])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7])
+def test_placeholders_are_restored_however_the_answer_is_cut(size: int) -> None:
+    values = {"<EMAIL_ADDRESS_1>": "a@x.io", "<PHONE_NUMBER_1>": "+1 415 555 2671"}
+    answer = "Hi <EMAIL_ADDRESS_1>, I'll call <PHONE_NUMBER_1>. <b>bold</b> <EMAIL_ADDRESS_9> <"
+    restorer = Restorer(values)
+    out = "".join(restorer.feed(answer[i : i + size]) for i in range(0, len(answer), size))
+    out += restorer.flush()
+    assert out == "Hi a@x.io, I'll call +1 415 555 2671. <b>bold</b> <EMAIL_ADDRESS_9> <"
