@@ -62,7 +62,7 @@ from inferplane.limits.pricing import PriceBook
 from inferplane.limits.redis_budgets import RedisBudgets
 from inferplane.limits.redis_limiter import RedisLimiter
 from inferplane.pipeline.admission import Admitter
-from inferplane.pipeline.guarding import GuardInput, RestoreOutput
+from inferplane.pipeline.guarding import GuardInput, GuardOutput
 from inferplane.pipeline.service import InferenceService
 from inferplane.routing.build import RouteTable
 from inferplane.routing.policy import DataPolicy
@@ -273,7 +273,7 @@ class Runtime:
             self.cache,
             self.policy,
             inputs=(GuardInput(self.guardrails, self.metrics),) if guarded else (),
-            outputs=(RestoreOutput(),) if guarded else (),
+            outputs=(GuardOutput(self.guardrails, self.metrics),) if guarded else (),
         )
         self.started_at = int(time.time())
 

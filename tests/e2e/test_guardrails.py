@@ -3,6 +3,7 @@ upstream on its own socket that records what reached it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,10 @@ guardrails:
     - id: open
       input:
         - {id: only-flag, detector: secrets, action: flag}
+    - id: answers
+      output:
+        - {id: leak, detector: pii, entities: [EMAIL_ADDRESS], action: redact}
+        - {id: stop-word, detector: deny_list, words: [bluebird], action: block}
 """
 
 EMAIL, PHONE = "jane.doe@example.org", "+44 20 7946 0958"
@@ -62,6 +67,10 @@ models:
     policy: open
     deployments:
       - {{name: echo-lenient, engine: openai_compatible, base_url: "{echo.url}", model: echo}}
+  - id: checked
+    policy: answers
+    deployments:
+      - {{name: echo-checked, engine: openai_compatible, base_url: "{echo.url}", model: echo}}
 """
         )
         with running_server(tmp / "data", config=config) as server:
@@ -196,3 +205,36 @@ models:
 def test_analyze_needs_a_key(setup: Setup) -> None:
     resp = httpx.post(f"{setup.server.base_url}/v1/guardrails/analyze", json={"text": "x"})
     assert resp.status_code == 401
+
+
+def test_output_rules_mask_what_the_model_says_streamed_or_not(setup: Setup) -> None:
+    said = "Reach our team at help@example.com, " + "we answer quickly. " * 6
+    assert _ask(setup, said, model="checked") == f"You said: {said}".replace(
+        "help@example.com", "<EMAIL_ADDRESS>"
+    )
+    assert "help@example.com" in _sent(setup)  # no input rule: the model saw it
+    stream = setup.server.client().chat.completions.create(
+        model="checked", messages=[{"role": "user", "content": said}], stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == f"You said: {said}".replace("help@example.com", "<EMAIL_ADDRESS>")
+
+
+def test_an_output_block_cuts_the_stream_with_an_error_event(setup: Setup) -> None:
+    said = "All fine here. " * 10 + "The code name is bluebird. " + "More text. " * 10
+    with setup.server.http() as http:
+        body = {"model": "checked", "stream": True, "messages": [{"role": "user", "content": said}]}
+        with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "content_policy_violation" and "stop-word" in error["message"]
+    shown = "".join(
+        (json.loads(e.removeprefix("data: "))["choices"] or [{}])[0].get("delta", {}).get("content")
+        or ""
+        for e in events[:-2]
+    )
+    assert "bluebird" not in shown
+    with pytest.raises(openai.BadRequestError) as caught:  # not streamed: a 400
+        _ask(setup, said, model="checked")
+    assert caught.value.code == "content_policy_violation"

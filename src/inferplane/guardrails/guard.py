@@ -65,18 +65,24 @@ class Pseudonyms:
 
 
 def apply(rules: Iterable[Rule], text: str, pseudonyms: Pseudonyms) -> Verdict:
+    hits, timings = scan(rules, text)
+    if not hits:
+        return Verdict("pass", hits, text, timings)
+    action = max((h.rule.action for h in hits), key=_STRENGTH.__getitem__)
+    if action == "block":
+        return Verdict(action, hits, text, timings)
+    return Verdict(action, hits, rewritten(text, hits, pseudonyms), timings)
+
+
+def scan(rules: Iterable[Rule], text: str) -> tuple[list[Hit], dict[str, float]]:
+    """What each rule finds in the text, and the seconds each detector took."""
     hits: list[Hit] = []
     timings: dict[str, float] = {}
     for rule in rules:
         started = time.perf_counter()
         hits += [Hit(rule, f) for f in detect(rule, text)]
         timings[rule.detector] = timings.get(rule.detector, 0.0) + time.perf_counter() - started
-    if not hits:
-        return Verdict("pass", hits, text, timings)
-    action = max((h.rule.action for h in hits), key=_STRENGTH.__getitem__)
-    if action == "block":
-        return Verdict(action, hits, text, timings)
-    return Verdict(action, hits, _rewritten(text, hits, pseudonyms), timings)
+    return hits, timings
 
 
 def detect(rule: Rule, text: str) -> list[Finding]:
@@ -125,7 +131,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return compiled
 
 
-def _rewritten(text: str, hits: list[Hit], pseudonyms: Pseudonyms) -> str:
+def rewritten(text: str, hits: list[Hit], pseudonyms: Pseudonyms) -> str:
     """The text with the spans of redacting and pseudonymising rules replaced."""
     spans: list[Hit] = []
     for hit in hits:  # in rule order: an earlier rule's span wins an overlap

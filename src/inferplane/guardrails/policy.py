@@ -89,9 +89,10 @@ class Policy(BaseModel):
                 if rule.id in seen:
                     raise ValueError(f"{direction}[{i}].id: rule id {rule.id!r} is used twice")
                 seen.add(rule.id)
-                if direction == "output":  # refused, not ignored, until answers are read
+                if direction == "output" and rule.action == "pseudonymise":
                     raise ValueError(
-                        f"{direction}[{i}]: output rules are not applied by this version yet"
+                        f"{direction}[{i}].action: pseudonymise applies to input rules "
+                        "(the answer's placeholders are restored)"
                     )
         return self
 

@@ -10,16 +10,17 @@ the config), else the server's default (`guardrails.default_policy`): see
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import Any
 
 from inferplane.engines.interface import GenerationInput
 from inferplane.errors import InferplaneError, InvalidRequest
 from inferplane.events import Finished, GenerationEvent, TextDelta, ToolCallDelta
-from inferplane.guardrails.guard import Pseudonyms, Verdict, apply
+from inferplane.guardrails.guard import Hit, Pseudonyms, apply
 from inferplane.guardrails.policy import Policies, Policy, Rule
 from inferplane.guardrails.restore import Restorer
+from inferplane.guardrails.window import Blocked, OutputWindow
 from inferplane.pipeline.context import RequestContext
 from inferplane.telemetry.metrics import Metrics
 
@@ -97,7 +98,7 @@ class GuardInput:
 
     def _text(self, policy: Policy, text: str, pseudonyms: Pseudonyms, param: str) -> str:
         verdict = apply(policy.input, text, pseudonyms)
-        self._count(policy, verdict)
+        _count(self._metrics, policy, verdict.hits, verdict.timings)
         rule = verdict.blocked_by
         if rule is not None:
             raise ContentPolicyViolation(
@@ -106,49 +107,95 @@ class GuardInput:
             )
         return verdict.text
 
-    def _count(self, policy: Policy, verdict: Verdict) -> None:
-        for detector, seconds in verdict.timings.items():
-            self._metrics.guardrail_seconds.labels(detector).observe(seconds)
-        rules: dict[str, Rule] = {h.rule.id: h.rule for h in verdict.hits}
-        for rule in rules.values():
-            self._metrics.guardrail_decisions.labels(
-                policy.id, rule.id, rule.detector, rule.action
-            ).inc()
 
-
-class RestoreOutput:
-    """The output stage (`pipeline.stages.OutputStage`): placeholders back to values."""
+class GuardOutput:
+    """The output stage (`pipeline.stages.OutputStage`): the policy's output rules over
+    the model's own text (`guardrails.window`), then the input's placeholders turned
+    back into their values (the caller's own data is no leak). Tool calls' arguments
+    get their values back; the rules read text only."""
 
     name = "guard-output"
+
+    def __init__(self, policies: Policies, metrics: Metrics):
+        self._policies = policies
+        self._metrics = metrics
 
     async def watch(
         self, ctx: RequestContext, events: AsyncGenerator[GenerationEvent, None]
     ) -> AsyncGenerator[GenerationEvent, None]:
-        values = ctx.outcome.pseudonyms
-        if not values:
+        policy = self._policies.effective(ctx.outcome.model)
+        rules = policy.output if policy is not None else ()
+        values = ctx.outcome.pseudonyms or {}
+        if not rules and not values:
             async for event in events:
                 yield event
             return
-        texts: dict[int, tuple[Restorer, TextDelta]] = {}
+        assert policy is not None or not rules
+        texts: dict[int, tuple[_Answer, TextDelta]] = {}
         calls: dict[tuple[int, int], tuple[Restorer, ToolCallDelta]] = {}
-        async for event in events:
-            if isinstance(event, TextDelta):
-                restorer = texts[event.choice][0] if event.choice in texts else Restorer(values)
-                texts[event.choice] = (restorer, event)
-                text = restorer.feed(event.text)
-                if text or event.logprobs:
-                    yield replace(event, text=text)
-            elif isinstance(event, ToolCallDelta):
-                key = (event.choice, event.index)
-                restorer = calls[key][0] if key in calls else Restorer(values)
-                calls[key] = (restorer, event)
-                yield replace(event, arguments=restorer.feed(event.arguments))
-            else:
-                if isinstance(event, Finished):  # what was kept back, as it came
-                    for restorer, last in texts.values():
-                        if held := restorer.flush():
-                            yield replace(last, text=held, logprobs=None, more=False)
-                    for restorer, call in calls.values():
-                        if held := restorer.flush():
-                            yield replace(call, arguments=held, id=None, name=None, more=False)
-                yield event
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    answer = texts[event.choice][0] if event.choice in texts else None
+                    answer = answer or _Answer(rules, values, self._reporter(policy))
+                    texts[event.choice] = (answer, event)
+                    text = answer.feed(event.text)
+                    if text or event.logprobs:
+                        yield replace(event, text=text)
+                elif isinstance(event, ToolCallDelta):
+                    key = (event.choice, event.index)
+                    restorer = calls[key][0] if key in calls else Restorer(values)
+                    calls[key] = (restorer, event)
+                    yield replace(event, arguments=restorer.feed(event.arguments))
+                else:
+                    if isinstance(event, Finished):  # what was kept back, as it came
+                        for answer, last in texts.values():
+                            if held := answer.flush():
+                                yield replace(last, text=held, logprobs=None, more=False)
+                        for restorer, call in calls.values():
+                            if held := restorer.flush():
+                                yield replace(call, arguments=held, id=None, name=None)
+                    yield event
+        except Blocked as exc:
+            assert policy is not None
+            raise ContentPolicyViolation(
+                f"The answer was stopped by guardrail rule '{exc.rule.id}' of policy '{policy.id}'."
+            ) from None
+
+    def _reporter(self, policy: Policy | None) -> Callable[[list[Hit], dict[str, float]], None]:
+        def report(hits: list[Hit], timings: dict[str, float]) -> None:
+            if policy is not None:
+                _count(self._metrics, policy, hits, timings)
+
+        return report
+
+
+class _Answer:
+    """One answer's text on its way out: the output rules, then the placeholders."""
+
+    def __init__(
+        self,
+        rules: tuple[Rule, ...],
+        values: dict[str, str],
+        report: Callable[[list[Hit], dict[str, float]], None],
+    ):
+        self._window = OutputWindow(rules, report) if rules else None
+        self._restorer = Restorer(values) if values else None
+
+    def feed(self, piece: str) -> str:
+        if self._window is not None:
+            piece = self._window.feed(piece)
+        return self._restorer.feed(piece) if self._restorer is not None else piece
+
+    def flush(self) -> str:
+        piece = self._window.flush() if self._window is not None else ""
+        if self._restorer is None:
+            return piece
+        return self._restorer.feed(piece) + self._restorer.flush()
+
+
+def _count(metrics: Metrics, policy: Policy, hits: list[Hit], timings: dict[str, float]) -> None:
+    for detector, seconds in timings.items():
+        metrics.guardrail_seconds.labels(detector).observe(seconds)
+    for rule in {h.rule.id: h.rule for h in hits}.values():
+        metrics.guardrail_decisions.labels(policy.id, rule.id, rule.detector, rule.action).inc()

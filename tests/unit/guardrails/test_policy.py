@@ -10,6 +10,7 @@ from inferplane.errors import InvalidRequest
 from inferplane.guardrails.guard import Pseudonyms, apply
 from inferplane.guardrails.policy import parse_policy
 from inferplane.guardrails.restore import Restorer
+from inferplane.guardrails.window import Blocked, OutputWindow
 
 
 def _policy(*rules: dict[str, Any]) -> Any:
@@ -33,7 +34,7 @@ def _rule(**options: Any) -> dict[str, Any]:
         (_doc(_rule(detector="regex", patterns=["("])), "input[0].patterns"),
         (_doc(_rule(entities=["AURA"])), "input[0].entities"),
         (_doc(_rule(detector="secrets", words=["x"])), "input[0]"),
-        (_doc(_rule(action="redact"), direction="output"), "output[0]"),
+        (_doc(_rule(action="pseudonymise"), direction="output"), "output[0].action"),
         (_doc(_rule(), _rule()), "input[1].id"),
         (_doc(_rule(extra=1)), "input[0].extra"),
         (_doc(id="bad id!"), "id"),
@@ -89,3 +90,34 @@ def test_placeholders_are_restored_however_the_answer_is_cut(size: int) -> None:
     out = "".join(restorer.feed(answer[i : i + size]) for i in range(0, len(answer), size))
     out += restorer.flush()
     assert out == "Hi a@x.io, I'll call +1 415 555 2671. <b>bold</b> <EMAIL_ADDRESS_9> <"
+
+
+def _window(*rules: dict[str, Any]) -> tuple[OutputWindow, list[str]]:
+    found: list[str] = []
+    window = OutputWindow(
+        _policy(*rules).input, lambda hits, _: found.extend(h.finding.type for h in hits)
+    )
+    return window, found
+
+
+@pytest.mark.parametrize("size", [1, 4, 9, 50, 500])
+def test_output_rules_mask_values_however_the_answer_is_cut(size: int) -> None:
+    window, found = _window({"id": "leak", "detector": "pii", "action": "redact"})
+    answer = ("Sure. " * 20) + "Write to jane@example.org or +44 20 7946 0958." + (" Bye." * 20)
+    out = "".join(window.feed(answer[i : i + size]) for i in range(0, len(answer), size))
+    out += window.flush()
+    assert out == answer.replace("jane@example.org", "<EMAIL_ADDRESS>").replace(
+        "+44 20 7946 0958", "<PHONE_NUMBER>"
+    )
+    assert sorted(found) == ["EMAIL_ADDRESS", "PHONE_NUMBER"]  # each reported once
+
+
+def test_an_output_block_stops_the_answer_before_the_value_is_released() -> None:
+    window, _ = _window(
+        {"id": "stop", "detector": "deny_list", "words": ["bluebird"], "action": "block"}
+    )
+    released = window.feed("x" * 200)
+    with pytest.raises(Blocked) as caught:
+        released += window.feed(" the code name is bluebird")
+        released += window.flush()
+    assert caught.value.rule.id == "stop" and "bluebird" not in released
