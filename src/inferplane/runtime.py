@@ -264,6 +264,8 @@ class Runtime:
         admitter = Admitter(self.limiter, self.shared_budgets, self.prices, self.ledger)
         self.guardrails = configured(self.settings)
         guarded = bool(self.guardrails.by_id)
+        guard_in = GuardInput(self.guardrails, self.metrics, self.routes.router)
+        guard_out = GuardOutput(self.guardrails, self.metrics)
         self.inference = InferenceService(
             self.models,
             self.routes.router,
@@ -272,8 +274,8 @@ class Runtime:
             self.metrics,
             self.cache,
             self.policy,
-            inputs=(GuardInput(self.guardrails, self.metrics),) if guarded else (),
-            outputs=(GuardOutput(self.guardrails, self.metrics),) if guarded else (),
+            inputs=(guard_in,) if guarded else (),
+            outputs=(guard_out,) if guarded else (),
         )
         self.started_at = int(time.time())
 

@@ -26,7 +26,7 @@ guardrails:
       description: no secrets out, personal data under placeholders
       input:
         - {id: no-secrets, detector: secrets, action: block}
-        - {id: pii, detector: pii, action: pseudonymise,
+        - {id: pii, detector: pii, action: pseudonymise, external_only: true,
            entities: [EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, US_SSN, IP_ADDRESS]}
         - {id: codename, detector: deny_list, words: [bluebird], action: flag}
     - id: open
@@ -63,6 +63,15 @@ models:
     deployments:
       - {{name: echo, engine: openai_compatible, base_url: "{echo.url}", model: echo,
          tags: [external]}}
+  - id: inside
+    deployments:
+      - {{name: echo-inside, engine: openai_compatible, base_url: "{echo.url}", model: echo,
+         tags: [private]}}
+  - id: inside-first
+    fallbacks: [external]
+    deployments:
+      - {{name: echo-inside-first, engine: openai_compatible, base_url: "{echo.url}",
+         model: echo, tags: [private]}}
   - id: lenient
     policy: open
     deployments:
@@ -113,6 +122,16 @@ def test_a_stream_restores_placeholders_split_across_chunks(setup: Setup) -> Non
     assert "".join(pieces) == f"You said: {PERSONAL}"
     assert EMAIL not in _sent(setup)
     assert not any("<EMAIL" in p or "ADDRESS_1>" in p for p in pieces)
+
+
+def test_external_only_leaves_a_private_deployments_prompt_as_sent(setup: Setup) -> None:
+    assert _ask(setup, PERSONAL, model="inside") == f"You said: {PERSONAL}"
+    assert EMAIL in _sent(setup) and CARD in _sent(setup)
+    # One that may fall back to an external deployment is not private: placeholders.
+    assert _ask(setup, PERSONAL, model="inside-first") == f"You said: {PERSONAL}"
+    assert EMAIL not in _sent(setup) and "<EMAIL_ADDRESS_1>" in _sent(setup)
+    with pytest.raises(openai.BadRequestError):  # the other rules still apply
+        _ask(setup, f"use {SECRET}", model="inside")
 
 
 def test_the_same_value_gets_the_same_placeholder_across_turns(setup: Setup) -> None:

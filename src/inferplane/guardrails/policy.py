@@ -39,6 +39,9 @@ class Rule(BaseModel):
     threshold: Annotated[float, Field(ge=0, le=8)] | None = None
     patterns: tuple[str, ...] | None = None  # regex
     words: tuple[str, ...] | None = None  # deny_list: matched whole, case-insensitively
+    # Only when the request may reach a deployment outside: one not tagged `private`
+    # and not a local worker (of the model or of its fallbacks). For redact, pseudonymise.
+    external_only: bool = False
 
     @field_validator("entities")
     @classmethod
@@ -62,6 +65,8 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _options_fit(self) -> Rule:
+        if self.external_only and self.action not in ("redact", "pseudonymise"):
+            raise ValueError("external_only applies to redact and pseudonymise rules")
         needs = {"regex": "patterns", "deny_list": "words"}.get(self.detector)
         if needs is not None and not getattr(self, needs):
             raise ValueError(f"a {self.detector} rule needs '{needs}'")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, get_args
 
+from inferplane.config.routes import RemoteEngine
 from inferplane.engines.interface import GenerationInput
 from inferplane.errors import InferplaneError, InvalidRequest
 from inferplane.events import Finished, GenerationEvent, TextDelta, ToolCallDelta
@@ -22,7 +23,10 @@ from inferplane.guardrails.policy import Policies, Policy, Rule
 from inferplane.guardrails.restore import Restorer
 from inferplane.guardrails.window import Blocked, OutputWindow
 from inferplane.pipeline.context import RequestContext
+from inferplane.routing.router import Router
 from inferplane.telemetry.metrics import Metrics
+
+_REMOTE = frozenset(get_args(RemoteEngine))
 
 
 class ContentPolicyViolation(InferplaneError):
@@ -36,14 +40,18 @@ class GuardInput:
 
     name = "guard-input"
 
-    def __init__(self, policies: Policies, metrics: Metrics):
+    def __init__(self, policies: Policies, metrics: Metrics, router: Router):
         self._policies = policies
         self._metrics = metrics
+        self._router = router
 
     async def inspect(self, ctx: RequestContext, request: GenerationInput) -> GenerationInput:
         policy = self._policies.effective(ctx.outcome.model)
         if policy is None or not policy.input:
             return request
+        if any(r.external_only for r in policy.input) and self._private(ctx.outcome.model):
+            rules = tuple(r for r in policy.input if not r.external_only)
+            policy = policy.model_copy(update={"input": rules})
         pseudonyms = Pseudonyms()
         prompt = dict(request.prompt)
         if "messages" in prompt:
@@ -56,6 +64,14 @@ class GuardInput:
         if pseudonyms:
             ctx.outcome.pseudonyms = pseudonyms.values
         return GenerationInput(request.endpoint, prompt, request.size_hint, request.cap)
+
+    def _private(self, model: str | None) -> bool:
+        """Whether every deployment the request may reach keeps the data inside: tagged
+        `private`, or a local worker. Unknown: not private (fails closed)."""
+        reachable = self._router.reachable(model or "")
+        return bool(reachable) and all(
+            "private" in d.routing.tags or d.engine.kind not in _REMOTE for d in reachable
+        )
 
     def _message(self, policy: Policy, message: Any, pseudonyms: Pseudonyms, param: str) -> Any:
         if not isinstance(message, dict):

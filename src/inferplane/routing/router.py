@@ -49,6 +49,20 @@ class Router:
     def deployments(self) -> list[tuple[Alias, Deployment]]:
         return [(a, d) for a in self.aliases.values() for d in a.deployments]
 
+    def reachable(self, alias_id: str) -> list[Deployment]:
+        """Every deployment a request to the alias may reach: its own, its fallbacks'."""
+        out: list[Deployment] = []
+        seen: set[str] = set()
+        todo = [alias_id]
+        while todo:
+            alias = self.aliases.get(todo.pop())
+            if alias is None or alias.id in seen:
+                continue
+            seen.add(alias.id)
+            out += alias.deployments
+            todo += alias.fallbacks
+        return out
+
     async def aclose(self) -> None:
         """Stop the health checks; close the deployments' engines (connection pools)."""
         if self._checks is not None:

@@ -38,6 +38,7 @@ def _rule(**options: Any) -> dict[str, Any]:
         (_doc(_rule(), _rule()), "input[1].id"),
         (_doc(_rule(extra=1)), "input[0].extra"),
         (_doc(id="bad id!"), "id"),
+        (_doc(_rule(action="block", external_only=True)), "input[0]"),
     ],
 )
 def test_a_bad_document_is_refused_naming_the_field(document: Any, path: str) -> None:
