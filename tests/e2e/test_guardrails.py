@@ -32,6 +32,9 @@ guardrails:
     - id: open
       input:
         - {id: only-flag, detector: secrets, action: flag}
+    - id: strict
+      input:
+        - {id: no-codename, detector: deny_list, words: [bluebird], action: block}
     - id: answers
       output:
         - {id: leak, detector: pii, entities: [EMAIL_ADDRESS], action: redact}
@@ -257,3 +260,38 @@ def test_an_output_block_cuts_the_stream_with_an_error_event(setup: Setup) -> No
     with pytest.raises(openai.BadRequestError) as caught:  # not streamed: a 400
         _ask(setup, said, model="checked")
     assert caught.value.code == "content_policy_violation"
+
+
+def _team_key(setup: Setup, name: str, **attach: str | None) -> tuple[str, str, str]:
+    """(team id, key id, key) of a new team and a key in it."""
+    with setup.server.http() as admin:
+        org = admin.post("/admin/v1/orgs", json={"name": f"org-{name}"}).json()
+        team = admin.post(
+            "/admin/v1/teams", json={"name": name, "org_id": org["id"], **attach}
+        ).json()
+        key = admin.post("/admin/v1/keys", json={"name": name, "team_id": team["id"]}).json()
+    return team["id"], key["id"], key["key"]
+
+
+def test_a_teams_policy_does_not_touch_another_team_and_a_keys_wins(setup: Setup) -> None:
+    said = "the bluebird plan"
+    _, _, key_a = _team_key(setup, "team-a", policy="strict")
+    _, key_b_id, key_b = _team_key(setup, "team-b")
+    client_a, client_b = setup.server.client(key=key_a), setup.server.client(key=key_b)
+    messages = [{"role": "user", "content": said}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_a.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]
+    assert "no-codename" in caught.value.message
+    ok = client_b.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]
+    assert ok.choices[0].message.content == f"You said: {said}"
+    with setup.server.http() as admin:  # the key's own policy wins over its team's
+        assert admin.patch(f"/admin/v1/keys/{key_b_id}", json={"policy": "strict"}).is_success
+        missing = admin.patch(f"/admin/v1/keys/{key_b_id}", json={"policy": "nope"})
+        assert missing.status_code == 400 and missing.json()["error"]["param"] == "policy"
+    with pytest.raises(openai.BadRequestError):
+        client_b.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]
+    with setup.server.http() as admin:
+        detached = admin.patch(f"/admin/v1/keys/{key_b_id}", json={"policy": None}).json()
+        assert "policy" not in detached["metadata"]
+    ok = client_b.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]
+    assert ok.choices[0].message.content == f"You said: {said}"

@@ -19,8 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferplane.config import ConfigError, Settings
-from inferplane.errors import InvalidRequest
+from inferplane.errors import InvalidRequest, PermissionDenied
 from inferplane.guardrails.pii import STRUCTURED
+from inferplane.tenancy.records import Principal
 
 Detector = Literal["pii", "secrets", "regex", "deny_list"]
 Action = Literal["block", "redact", "pseudonymise", "flag"]
@@ -132,16 +133,28 @@ def _path(loc: tuple[int | str, ...]) -> str:
 @dataclass(frozen=True, slots=True)
 class Policies:
     """The policies in force: by id, the server's default, the models' own. The
-    effective policy of a request: its model's (alias or model id the caller named),
-    else the server's default."""
+    effective policy of a request, the most specific: its key's, its team's (their
+    metadata `policy`), its model's (the alias or model id the caller named), the
+    server's default."""
 
     by_id: Mapping[str, Policy] = field(default_factory=dict)
     default: str | None = None
     by_model: Mapping[str, str] = field(default_factory=dict)
 
-    def effective(self, model: str | None) -> Policy | None:
-        name = self.by_model.get(model or "") or self.default
-        return self.by_id.get(name) if name else None
+    def effective(self, model: str | None, principal: Principal | None = None) -> Policy | None:
+        key = principal.key.policy if principal is not None else None
+        team = principal.team.policy if principal is not None and principal.team else None
+        name = key or team or self.by_model.get(model or "") or self.default
+        if name is None:
+            return None
+        policy = self.by_id.get(name)
+        if policy is None:  # attached, then removed from the config: refuse, not pass
+            raise PermissionDenied(
+                f"The guardrail policy '{name}' attached to this key or team is not defined "
+                "on this server; an admin must attach another.",
+                code="policy_not_found",
+            )
+        return policy
 
 
 def configured(settings: Settings) -> Policies:

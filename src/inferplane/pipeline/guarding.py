@@ -46,7 +46,7 @@ class GuardInput:
         self._router = router
 
     async def inspect(self, ctx: RequestContext, request: GenerationInput) -> GenerationInput:
-        policy = self._policies.effective(ctx.outcome.model)
+        policy = self._policies.effective(ctx.outcome.model, ctx.principal)
         if policy is None or not policy.input:
             return request
         if any(r.external_only for r in policy.input) and self._private(ctx.outcome.model):
@@ -139,7 +139,7 @@ class GuardOutput:
     async def watch(
         self, ctx: RequestContext, events: AsyncGenerator[GenerationEvent, None]
     ) -> AsyncGenerator[GenerationEvent, None]:
-        policy = self._policies.effective(ctx.outcome.model)
+        policy = self._policies.effective(ctx.outcome.model, ctx.principal)
         rules = policy.output if policy is not None else ()
         values = ctx.outcome.pseudonyms or {}
         if not rules and not values:

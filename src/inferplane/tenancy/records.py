@@ -20,6 +20,7 @@ class TeamRecord:
     weight: float = 1.0  # share of a contended model's capacity, relative to other teams
     # The team's metadata `data_class`: its keys' requests are at least that sensitive.
     data_class: str | None = None
+    policy: str | None = None  # its metadata `policy`: its keys' guardrail policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class KeyRecord:
     # The key's metadata `data_class` (e.g. "confidential"), normalized: every request it
     # makes is routed as at least that sensitive, whatever its header says.
     data_class: str | None = None
+    policy: str | None = None  # its metadata `policy`: the guardrail policy of its requests
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from inferplane.limits.policy import Budget, Limits
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 # Tags an admin attaches (OpenAI's bounds for metadata, widened to 64 pairs): `data_class`
-# is read by routing, the rest is kept and shown.
+# is read by routing, `policy` by the guardrails, the rest is kept and shown.
 Metadata = Annotated[
     dict[
         Annotated[str, Field(min_length=1, max_length=64)],
@@ -23,6 +23,10 @@ Weight = Annotated[float, Field(gt=0, le=1000)]
 ModelPatterns = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=256)
 ]
+
+
+# A guardrail policy's id (`policy` on a team or key: stored as its metadata `policy`).
+PolicyId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _Command(BaseModel):
@@ -49,6 +53,7 @@ class TeamCreate(_Command):
     budget: Budget | None = None
     weight: Weight = 1.0
     metadata: Metadata = {}
+    policy: PolicyId | None = None
 
 
 class TeamUpdate(_Command):
@@ -57,6 +62,7 @@ class TeamUpdate(_Command):
     budget: Budget | None = None
     weight: Weight | None = None
     metadata: Metadata | None = None
+    policy: PolicyId | None = None
 
 
 class KeyCreate(_Command):
@@ -69,6 +75,7 @@ class KeyCreate(_Command):
     expires_at: datetime | None = None
     priority: Literal["interactive", "batch"] = "interactive"
     metadata: Metadata = {}
+    policy: PolicyId | None = None
 
     _check_expiry = field_validator("expires_at")(_future)
 
@@ -81,6 +88,7 @@ class KeyUpdate(_Command):
     expires_at: datetime | None = None
     priority: Literal["interactive", "batch"] | None = None
     metadata: Metadata | None = None
+    policy: PolicyId | None = None
 
     _check_expiry = field_validator("expires_at")(_future)
 

@@ -13,6 +13,7 @@ from inferplane.errors import InvalidRequest, NotFound
 from inferplane.limits.policy import Budget, Limits
 from inferplane.store.database import connect, db_time, transaction
 from inferplane.store.tables import api_keys, orgs, teams, usage_records
+from inferplane.tenancy.metadata import attached, data_class_of, policy_of
 from inferplane.tenancy.records import Credential, KeyRecord, Principal, Snapshot, TeamRecord
 from inferplane.tenancy.schemas import (
     KeyCreate,
@@ -109,7 +110,8 @@ class TenancyStore:
                     Limits.model_validate(t.limits),
                     _budget(t.budget),
                     t.weight,
-                    _data_class(t.metadata),
+                    data_class_of(t.metadata),
+                    policy_of(t.metadata),
                 )
                 for t in team_rows
             }
@@ -125,7 +127,8 @@ class TenancyStore:
                     priority=k.priority,
                     expires_at=utc(k.expires_at),
                     budget=_budget(k.budget),
-                    data_class=_data_class(k.metadata),
+                    data_class=data_class_of(k.metadata),
+                    policy=policy_of(k.metadata),
                 )
                 principal = Principal(record, team_map.get(k.team_id) if k.team_id else None)
                 creds[k.key_hash] = Credential(principal, record.expires_at)
@@ -170,7 +173,7 @@ class TenancyStore:
                     limits=cmd.limits.model_dump(exclude_none=True),
                     budget=cmd.budget.model_dump() if cmd.budget else None,
                     weight=cmd.weight,
-                    metadata=cmd.metadata,
+                    metadata=attached(cmd, {}),
                     created_at=datetime.now(UTC),
                 )
             )
@@ -188,14 +191,15 @@ class TenancyStore:
         return _page([_team_view(r) for r in self._list(teams, after, limit, where)], limit)
 
     def update_team(self, team_id: str, cmd: TeamUpdate) -> dict[str, Any]:
-        self.get_team(team_id)
+        current = self.get_team(team_id)
         values: dict[str, Any] = {}
         if cmd.name is not None:
             values["name"] = cmd.name
         if cmd.limits is not None:
             values["limits"] = cmd.limits.model_dump(exclude_none=True)
-        if cmd.metadata is not None:
-            values["metadata"] = cmd.metadata
+        metadata = attached(cmd, current["metadata"])
+        if metadata is not None:
+            values["metadata"] = metadata
         if "budget" in cmd.model_fields_set:
             values["budget"] = cmd.budget.model_dump() if cmd.budget else None
         if cmd.weight is not None:
@@ -228,7 +232,7 @@ class TenancyStore:
                     models=cmd.models,
                     limits=cmd.limits.model_dump(exclude_none=True),
                     budget=cmd.budget.model_dump() if cmd.budget else None,
-                    metadata=cmd.metadata,
+                    metadata=attached(cmd, {}),
                     priority=cmd.priority,
                     expires_at=cmd.expires_at,
                     created_at=datetime.now(UTC),
@@ -249,6 +253,7 @@ class TenancyStore:
 
     def update_key(self, key_id: str, cmd: KeyUpdate) -> dict[str, Any]:
         self._live_key(key_id)
+        metadata = attached(cmd, self.get_key(key_id)["metadata"])
         if key_id == ADMIN_KEY_ID and cmd.expires_at is not None:
             raise InvalidRequest(
                 "The bootstrap admin key cannot expire; rotate it with INFERPLANE_ADMIN_KEY.",
@@ -257,8 +262,10 @@ class TenancyStore:
         values: dict[str, Any] = {
             k: v
             for k, v in cmd.model_dump(exclude_unset=True).items()
-            if k not in ("limits", "budget")
+            if k not in ("limits", "budget", "metadata", "policy")
         }
+        if metadata is not None:
+            values["metadata"] = metadata
         if cmd.limits is not None:
             values["limits"] = cmd.limits.model_dump(exclude_none=True)
         if "budget" in cmd.model_fields_set:
@@ -386,10 +393,3 @@ def spent_since(engine: sa.Engine, column: str, scope_id: str, since: datetime) 
 def _team_taken(name: str) -> InvalidRequest:
     """A team name is unique within its organization (the key that refused it)."""
     return InvalidRequest(f"The organization has a team '{name}'.", param="name")
-
-
-def _data_class(metadata: Any) -> str | None:
-    """The metadata's `data_class`, normalized (the policy checks it per request: one the
-    vocabulary no longer has refuses the key's requests)."""
-    value = metadata.get("data_class") if isinstance(metadata, dict) else None
-    return value.strip().lower() if isinstance(value, str) else None

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from inferplane.api.admin.common import After, Limit, apply_change, check_metadata
+from inferplane.api.admin.common import After, Limit, apply_change, check_metadata, check_policy
 from inferplane.api.auth import AdminKey
 from inferplane.api.errors import parse_body
 from inferplane.api.services import services
@@ -20,6 +20,7 @@ router = APIRouter(prefix="/admin/v1/keys")
 async def create_key(request: Request, principal: AdminKey) -> dict[str, Any]:
     body = await parse_body(request, KeyCreate)
     check_metadata(request, body.metadata)
+    check_policy(request, body.policy)
     return await apply_change(request, services(request).tenancy.store.create_key, body)
 
 
@@ -44,6 +45,7 @@ async def get_key(key_id: str, request: Request, principal: AdminKey) -> dict[st
 async def update_key(key_id: str, request: Request, principal: AdminKey) -> dict[str, Any]:
     body = await parse_body(request, KeyUpdate)
     check_metadata(request, body.metadata)
+    check_policy(request, body.policy)
     return await apply_change(request, services(request).tenancy.store.update_key, key_id, body)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from inferplane.api.admin.common import After, Limit, apply_change, check_metadata
+from inferplane.api.admin.common import After, Limit, apply_change, check_metadata, check_policy
 from inferplane.api.auth import AdminKey
 from inferplane.api.errors import parse_body
 from inferplane.api.services import services
@@ -38,6 +38,7 @@ async def get_org(org_id: str, request: Request, principal: AdminKey) -> dict[st
 async def create_team(request: Request, principal: AdminKey) -> dict[str, Any]:
     body = await parse_body(request, TeamCreate)
     check_metadata(request, body.metadata)
+    check_policy(request, body.policy)
     return await apply_change(request, services(request).tenancy.store.create_team, body)
 
 
@@ -62,4 +63,5 @@ async def get_team(team_id: str, request: Request, principal: AdminKey) -> dict[
 async def update_team(team_id: str, request: Request, principal: AdminKey) -> dict[str, Any]:
     body = await parse_body(request, TeamUpdate)
     check_metadata(request, body.metadata)
+    check_policy(request, body.policy)
     return await apply_change(request, services(request).tenancy.store.update_team, team_id, body)

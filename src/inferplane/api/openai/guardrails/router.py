@@ -30,7 +30,7 @@ class Analyze(BaseModel):
 @router.post("/v1/guardrails/analyze")
 async def analyze(body: Analyze, request: Request, principal: AnyKey) -> dict[str, Any]:
     policies = services(request).guardrails
-    own = policies.effective(body.model)
+    own = policies.effective(body.model, principal)
     if body.policy is None:
         policy = own
     else:
