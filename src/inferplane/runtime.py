@@ -56,6 +56,7 @@ from inferplane.engines.local.model import (
 )
 from inferplane.engines.local.supervisor import Supervisor
 from inferplane.guardrails.policy import Policies, configured
+from inferplane.guardrails.store import PolicyStore
 from inferplane.limits.budgets import Budgets, BudgetTracker
 from inferplane.limits.memory import Limiter, MemoryLimiter
 from inferplane.limits.pricing import PriceBook
@@ -109,6 +110,7 @@ class Runtime:
     cache: ResponseCache | None
     policy: DataPolicy
     guardrails: Policies  # guardrail policies in force
+    policy_store: PolicyStore
     inference: InferenceService
     started_at: int
 
@@ -119,6 +121,7 @@ class Runtime:
         self.redis: aioredis.Redis | None = None
         self.accepting = True
         self._routed = False  # a change notice before the routes exist has nothing to do
+        self._guarded = False  # nor one before the guardrail policies are read
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics) -> Runtime:
@@ -220,9 +223,16 @@ class Runtime:
         self.notices = ChangeNotices(client, self._on_change)
         await self.notices.start()
 
+    async def load_policies(self) -> None:
+        """The guardrail policies in force: the config file's and the admin API's."""
+        stored = await asyncio.to_thread(self.policy_store.current)
+        self.guardrails = self._config_policies.with_stored(stored)
+
     async def _on_change(self) -> None:
         """Another replica changed the control plane: rebuild this one's snapshots."""
         await asyncio.to_thread(self.tenancy.reload)
+        if self._guarded:
+            await self.load_policies()
         await asyncio.to_thread(self.prices.load)
         if self._routed:
             await self.routes.apply(await asyncio.to_thread(self.deployments.all))
@@ -262,10 +272,12 @@ class Runtime:
     async def _open_services(self) -> None:
         self.policy = DataPolicy(self.settings.policy)
         admitter = Admitter(self.limiter, self.shared_budgets, self.prices, self.ledger)
-        self.guardrails = configured(self.settings)
-        guarded = bool(self.guardrails.by_id)
-        guard_in = GuardInput(self.guardrails, self.metrics, self.routes.router)
-        guard_out = GuardOutput(self.guardrails, self.metrics)
+        self.policy_store = PolicyStore(self.engine)
+        self._config_policies = configured(self.settings)
+        await self.load_policies()
+        self._guarded = True
+        guard_in = GuardInput(lambda: self.guardrails, self.metrics, self.routes.router)
+        guard_out = GuardOutput(lambda: self.guardrails, self.metrics)
         self.inference = InferenceService(
             self.models,
             self.routes.router,
@@ -274,8 +286,8 @@ class Runtime:
             self.metrics,
             self.cache,
             self.policy,
-            inputs=(guard_in,) if guarded else (),
-            outputs=(guard_out,) if guarded else (),
+            inputs=(guard_in,),
+            outputs=(guard_out,),
         )
         self.started_at = int(time.time())
 

@@ -295,3 +295,50 @@ def test_a_teams_policy_does_not_touch_another_team_and_a_keys_wins(setup: Setup
         assert "policy" not in detached["metadata"]
     ok = client_b.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]
     assert ok.choices[0].message.content == f"You said: {said}"
+
+
+def test_policies_made_through_the_admin_api_are_versioned_and_apply_at_once(
+    setup: Setup,
+) -> None:
+    document = {
+        "id": "made-live",
+        "description": "v1",
+        "input": [{"id": "w", "detector": "deny_list", "words": ["kestrel"], "action": "block"}],
+    }
+    _, key_id, key = _team_key(setup, "team-live")
+    client = setup.server.client(key=key)
+    messages = [{"role": "user", "content": "the kestrel and the osprey"}]
+    with setup.server.http() as admin:
+        made = admin.post("/admin/v1/policies", json=document)
+        assert made.status_code == 201, made.text
+        assert (made.json()["version"], made.json()["source"]) == (1, "api")
+        assert admin.post("/admin/v1/policies", json=document).status_code == 409
+        assert admin.patch(f"/admin/v1/keys/{key_id}", json={"policy": "made-live"}).is_success
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]
+    with setup.server.http() as admin:
+        document["input"][0]["words"] = ["osprey"]  # type: ignore[index]
+        document["description"] = "v2"
+        changed = admin.put("/admin/v1/policies/made-live", json=document).json()
+        assert changed["version"] == 2
+        history = admin.get("/admin/v1/policies/made-live/versions").json()["data"]
+        assert [h["policy"]["description"] for h in history] == ["v1", "v2"]
+        bad = dict(document, input=[{"id": "x", "detector": "pii", "action": "shred"}])
+        refused = admin.put("/admin/v1/policies/made-live", json=bad)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "input[0].action"
+        assert admin.put("/admin/v1/policies/baseline", json={"id": "baseline"}).status_code == 409
+    with pytest.raises(openai.BadRequestError):  # v2 blocks the other word
+        client.chat.completions.create(
+            model="lenient", messages=[{"role": "user", "content": "an osprey"}]
+        )
+    ok = client.chat.completions.create(
+        model="lenient", messages=[{"role": "user", "content": "a kestrel"}]
+    )
+    assert ok.choices[0].message.content == "You said: a kestrel"
+    with setup.server.http() as admin:
+        gone = admin.delete("/admin/v1/policies/made-live").json()
+        assert gone == {"id": "made-live", "deleted": True, "version": 3}
+        assert admin.get("/admin/v1/policies/made-live").status_code == 404
+    with pytest.raises(openai.PermissionDeniedError):  # attached, then removed: refused
+        client.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]

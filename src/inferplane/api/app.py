@@ -16,6 +16,7 @@ from inferplane.api import health
 from inferplane.api.admin import deployments as admin_deployments
 from inferplane.api.admin import keys as admin_keys
 from inferplane.api.admin import orgs as admin_orgs
+from inferplane.api.admin import policies as admin_policies
 from inferplane.api.admin import usage as admin_usage
 from inferplane.api.admin import workers as admin_workers
 from inferplane.api.data_plane import DataPlane
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> ASGIApp:
         admin_deployments.router,
         admin_keys.router,
         admin_orgs.router,
+        admin_policies.router,
         admin_usage.router,
         admin_workers.router,
         health.router,

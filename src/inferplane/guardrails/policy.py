@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -140,6 +140,28 @@ class Policies:
     by_id: Mapping[str, Policy] = field(default_factory=dict)
     default: str | None = None
     by_model: Mapping[str, str] = field(default_factory=dict)
+    # Each policy's version (those of the config file: 1), and which came from the
+    # admin API (the others are read-only there: the file is their source).
+    versions: Mapping[str, int] = field(default_factory=dict)
+    stored: frozenset[str] = frozenset()
+
+    def with_stored(self, stored: Mapping[str, tuple[Policy, int]]) -> Policies:
+        """These policies and those made through the admin API (a config file's policy
+        of the same id wins)."""
+        mine = {k: v for k, v in stored.items() if k not in self.config_ids}
+        return replace(
+            self,
+            by_id={
+                **{k: self.by_id[k] for k in self.config_ids},
+                **{k: p for k, (p, _) in mine.items()},
+            },
+            versions={**{k: 1 for k in self.config_ids}, **{k: v for k, (_, v) in mine.items()}},
+            stored=frozenset(mine),
+        )
+
+    @property
+    def config_ids(self) -> frozenset[str]:
+        return frozenset(self.by_id) - self.stored
 
     def effective(self, model: str | None, principal: Principal | None = None) -> Policy | None:
         key = principal.key.policy if principal is not None else None
@@ -175,4 +197,4 @@ def configured(settings: Settings) -> Policies:
         by_id[policy.id] = policy
     models = {m.id: m.policy for m in settings.models if m.policy}
     models.update({a.id: a.policy for a in settings.aliases if a.policy})
-    return Policies(by_id, cfg.default_policy, models)
+    return Policies(by_id, cfg.default_policy, models, {k: 1 for k in by_id})

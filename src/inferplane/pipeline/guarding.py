@@ -40,13 +40,18 @@ class GuardInput:
 
     name = "guard-input"
 
-    def __init__(self, policies: Policies, metrics: Metrics, router: Router):
-        self._policies = policies
+    def __init__(self, policies: Callable[[], Policies], metrics: Metrics, router: Router):
+        self._policies = policies  # those in force now (the admin API changes them)
         self._metrics = metrics
         self._router = router
 
+    @property
+    def active(self) -> bool:
+        """Whether any policy is in force (else requests skip this stage's admission step)."""
+        return bool(self._policies().by_id)
+
     async def inspect(self, ctx: RequestContext, request: GenerationInput) -> GenerationInput:
-        policy = self._policies.effective(ctx.outcome.model, ctx.principal)
+        policy = self._policies().effective(ctx.outcome.model, ctx.principal)
         if policy is None or not policy.input:
             return request
         if any(r.external_only for r in policy.input) and self._private(ctx.outcome.model):
@@ -132,14 +137,14 @@ class GuardOutput:
 
     name = "guard-output"
 
-    def __init__(self, policies: Policies, metrics: Metrics):
+    def __init__(self, policies: Callable[[], Policies], metrics: Metrics):
         self._policies = policies
         self._metrics = metrics
 
     async def watch(
         self, ctx: RequestContext, events: AsyncGenerator[GenerationEvent, None]
     ) -> AsyncGenerator[GenerationEvent, None]:
-        policy = self._policies.effective(ctx.outcome.model, ctx.principal)
+        policy = self._policies().effective(ctx.outcome.model, ctx.principal)
         rules = policy.output if policy is not None else ()
         values = ctx.outcome.pseudonyms or {}
         if not rules and not values:

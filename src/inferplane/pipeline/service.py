@@ -102,7 +102,7 @@ class InferenceService:
         request.capped()  # over the key's cap: refused before it is counted
         # Counted as a request before a tokenizer or a stage works on it; its tokens
         # once counted. A byte estimate needs no work: one step (pipeline/admission.py).
-        two_steps = alias.counter is not None or bool(self._inputs)
+        two_steps = alias.counter is not None or any(s.active for s in self._inputs)
         admission = await self._admitter.enter(ctx, alias.id, scopes) if two_steps else None
         try:
             request = await run_inputs(self._inputs, ctx, request)

@@ -26,6 +26,11 @@ from inferplane.pipeline.context import RequestContext
 class InputStage(Protocol):
     name: str
 
+    @property
+    def active(self) -> bool:
+        """Whether the stage has anything to do now (else the pipeline skips it)."""
+        ...
+
     async def inspect(self, ctx: RequestContext, request: GenerationInput) -> GenerationInput:
         """The request to pass on (the same, or changed); raise to refuse it."""
         ...
@@ -46,7 +51,8 @@ async def run_inputs(
     stages: tuple[InputStage, ...], ctx: RequestContext, request: GenerationInput
 ) -> GenerationInput:
     for stage in stages:
-        request = await stage.inspect(ctx, request)
+        if stage.active:
+            request = await stage.inspect(ctx, request)
     return request
 
 

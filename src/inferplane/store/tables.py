@@ -106,3 +106,14 @@ deployments = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Guardrail policies made through the admin API (those of the config file are not
+# stored): every change is a new version, kept; a removal is a version too.
+guardrail_policies = sa.Table(
+    "guardrail_policies",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", sa.Text, nullable=True),  # the policy's JSON; null: removed
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -34,6 +34,8 @@ class Replace:
     """An input stage that rewrites the final user turn (a redaction, say) and notes
     what it saw."""
 
+    active = True
+
     def __init__(self, name: str, old: str, new: str):
         self.name, self.old, self.new = name, old, new
         self.seen: list[str] = []
@@ -49,6 +51,7 @@ class Refuse:
     """An input stage that refuses every request (a guardrail that blocks)."""
 
     name = "block"
+    active = True
 
     async def inspect(self, ctx: RequestContext, request: GenerationInput) -> GenerationInput:
         raise PermissionDenied("Blocked by policy.", code="guardrail_blocked")

@@ -15,5 +15,13 @@ def test_migrations_create_the_schema_and_are_idempotent(tmp_path: Path) -> None
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             tables = set(sa.inspect(conn).get_table_names())
         engine.dispose()
-    assert version == "0006"
-    assert {"api_keys", "orgs", "teams", "prices", "usage_records", "deployments"} <= tables
+    assert version == "0007"
+    assert {
+        "api_keys",
+        "orgs",
+        "teams",
+        "prices",
+        "usage_records",
+        "deployments",
+        "guardrail_policies",
+    } <= tables

@@ -47,7 +47,7 @@ async def analyze(body: Analyze, request: Request, principal: AnyKey) -> dict[st
     verdict = apply(rules, body.text, Pseudonyms())
     return {
         "policy": policy.id,
-        "version": 1,
+        "version": policies.versions.get(policy.id, 1),
         "action": verdict.action,
         "findings": [
             {
