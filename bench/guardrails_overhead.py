@@ -36,18 +36,24 @@ guardrails:
         - {id: codename, detector: deny_list, words: [bluebird, redwing], action: flag}
 """
 
-_VOCABULARY = (
-    "the customer asked about an order shipped last week and the invoice total was "
-    "higher than expected so please check the account history and reply with details "
-    "about refunds delivery times warranty terms and the support plan"
-).split()
+_PHRASES = [
+    "the customer asked about an order",
+    "shipped last week and the invoice total",
+    "was higher than expected so please check",
+    "the account history and reply with details",
+    "about refunds delivery times warranty terms",
+    "and the support plan",
+]
 
 
 def prompt(words: int, seed: int) -> str:
     """About `words` words of ticket-like prose (~1.3 tokens a word) with an e-mail
     address, a phone number and a card number in it."""
     rng = random.Random(seed)
-    body = [rng.choice(_VOCABULARY) for _ in range(words)]
+    body: list[str] = []
+    while len(body) < words:
+        body += rng.choice(_PHRASES).split(" ")
+    body = body[:words]
     body[words // 4] = f"jane.doe{seed}@example.org"
     body[words // 2] = "+44 20 7946 0958"
     body[3 * words // 4] = "4111 1111 1111 1111"

@@ -121,6 +121,9 @@ def test_more_choices_than_the_model_decodes_at_once_are_refused_by_name(
     with pytest.raises(openai.BadRequestError) as caught:
         server.client().chat.completions.create(
             # The bundled model decodes 16 sequences at once (its `parallel`).
-            model=MODEL, messages=[{"role": "user", "content": "hi"}], n=17, max_tokens=2
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            n=17,
+            max_tokens=2,
         )
     assert caught.value.param == "n"
