@@ -1,7 +1,8 @@
 """An OpenAI-compatible upstream that echoes: a separate HTTP server on a real socket,
 standing in for an external provider whose side of the wire a test must see.
 
-`POST /v1/chat/completions` answers "You said: <the last user turn>", whole or streamed
+`POST /v1/chat/completions` answers "You said: <the last user turn>" (model `parrot`:
+the turn itself), whole or streamed
 in pieces of `piece` characters (so that a test sees values split across chunks); every
 request body is kept in `requests`, in order.
 """
@@ -46,7 +47,7 @@ class EchoUpstream:
         body = await request.json()
         self.requests.append(body)
         said = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
-        text = f"You said: {said}"
+        text = said if body.get("model") == "parrot" else f"You said: {said}"
         usage = {"prompt_tokens": len(said.split()), "completion_tokens": len(text.split())}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):

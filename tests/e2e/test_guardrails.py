@@ -39,6 +39,10 @@ guardrails:
       output:
         - {id: leak, detector: pii, entities: [EMAIL_ADDRESS], action: redact}
         - {id: stop-word, detector: deny_list, words: [bluebird], action: block}
+    - id: shaped
+      output:
+        - {id: said-json, detector: json_schema, action: block,
+           schema: {type: object, required: [n], properties: {n: {type: integer}}}}
 """
 
 EMAIL, PHONE = "jane.doe@example.org", "+44 20 7946 0958"
@@ -79,6 +83,10 @@ models:
     policy: open
     deployments:
       - {{name: echo-lenient, engine: openai_compatible, base_url: "{echo.url}", model: echo}}
+  - id: shaped
+    policy: shaped
+    deployments:
+      - {{name: echo-shaped, engine: openai_compatible, base_url: "{echo.url}", model: parrot}}
   - id: checked
     policy: answers
     deployments:
@@ -342,3 +350,16 @@ def test_policies_made_through_the_admin_api_are_versioned_and_apply_at_once(
         assert admin.get("/admin/v1/policies/made-live").status_code == 404
     with pytest.raises(openai.PermissionDeniedError):  # attached, then removed: refused
         client.chat.completions.create(model="lenient", messages=messages)  # type: ignore[arg-type]
+
+
+def test_an_answer_that_breaks_its_schema_is_refused(setup: Setup) -> None:
+    # `parrot` answers with the caller's own words: JSON or not, as sent.
+    assert _ask(setup, '{"n": 4}', model="shaped") == '{"n": 4}'
+    for answer in ('{"n": "four"}', "n is 4"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            _ask(setup, answer, model="shaped")
+        assert "said-json" in caught.value.message
+    stream = setup.server.client().chat.completions.create(
+        model="shaped", messages=[{"role": "user", "content": '{"n": 5}'}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == '{"n": 5}'

@@ -9,10 +9,13 @@ wins.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import jsonschema
 
 from inferplane.guardrails.pii import STRUCTURED, Finding, find_pii
 from inferplane.guardrails.policy import Rule
@@ -112,11 +115,21 @@ def _deny_list(rule: Rule, text: str) -> list[Finding]:
     return [Finding("DENIED_WORD", m.start(), m.end()) for m in pattern.finditer(text)]
 
 
+def _json_schema(rule: Rule, text: str) -> list[Finding]:
+    """The whole text as one finding when it is not JSON valid against the schema."""
+    try:
+        jsonschema.validate(json.loads(text), rule.json_schema or {})
+    except (ValueError, jsonschema.ValidationError):
+        return [Finding("SCHEMA_MISMATCH", 0, len(text))]
+    return []
+
+
 _DETECTORS: dict[str, Callable[[Rule, str], list[Finding]]] = {
     "pii": _pii,
     "secrets": _secrets,
     "regex": _regex,
     "deny_list": _deny_list,
+    "json_schema": _json_schema,
 }
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}

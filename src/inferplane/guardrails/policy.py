@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferplane.config import ConfigError, Settings
@@ -23,13 +24,13 @@ from inferplane.errors import InvalidRequest, PermissionDenied
 from inferplane.guardrails.pii import STRUCTURED
 from inferplane.tenancy.records import Principal
 
-Detector = Literal["pii", "secrets", "regex", "deny_list"]
+Detector = Literal["pii", "secrets", "regex", "deny_list", "json_schema"]
 Action = Literal["block", "redact", "pseudonymise", "flag"]
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     id: Annotated[str, Field(pattern=_ID)]
     detector: Detector
@@ -40,6 +41,8 @@ class Rule(BaseModel):
     threshold: Annotated[float, Field(ge=0, le=8)] | None = None
     patterns: tuple[str, ...] | None = None  # regex
     words: tuple[str, ...] | None = None  # deny_list: matched whole, case-insensitively
+    # json_schema (output rules): the JSON Schema the whole answer must validate against.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     # Only when the request may reach a deployment outside: one not tagged `private`
     # and not a local worker (of the model or of its fallbacks). For redact, pseudonymise.
     external_only: bool = False
@@ -64,16 +67,30 @@ class Rule(BaseModel):
                 raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
         return value
 
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
+
     @model_validator(mode="after")
     def _options_fit(self) -> Rule:
         if self.external_only and self.action not in ("redact", "pseudonymise"):
             raise ValueError("external_only applies to redact and pseudonymise rules")
-        needs = {"regex": "patterns", "deny_list": "words"}.get(self.detector)
+        if self.detector == "json_schema" and self.action not in ("block", "flag"):
+            raise ValueError("a json_schema rule blocks or flags (it judges the whole answer)")
+        needs = {"regex": "patterns", "deny_list": "words", "json_schema": "json_schema"}.get(
+            self.detector
+        )
         if needs is not None and not getattr(self, needs):
-            raise ValueError(f"a {self.detector} rule needs '{needs}'")
+            raise ValueError(f"a {self.detector} rule needs '{needs.removeprefix('json_')}'")
         allowed = {"pii": {"entities"}, "secrets": {"threshold"}, "regex": {"patterns"}}
-        allowed["deny_list"] = {"words"}
-        for option in ("entities", "threshold", "patterns", "words"):
+        allowed |= {"deny_list": {"words"}, "json_schema": {"json_schema"}}
+        for option in ("entities", "threshold", "patterns", "words", "json_schema"):
             if getattr(self, option) is not None and option not in allowed[self.detector]:
                 raise ValueError(f"'{option}' does not apply to a {self.detector} rule")
         return self
@@ -95,6 +112,8 @@ class Policy(BaseModel):
                 if rule.id in seen:
                     raise ValueError(f"{direction}[{i}].id: rule id {rule.id!r} is used twice")
                 seen.add(rule.id)
+                if direction == "input" and rule.detector == "json_schema":
+                    raise ValueError(f"{direction}[{i}].detector: json_schema judges answers")
                 if direction == "output" and rule.action == "pseudonymise":
                     raise ValueError(
                         f"{direction}[{i}].action: pseudonymise applies to input rules "

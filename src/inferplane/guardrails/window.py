@@ -1,7 +1,8 @@
 """Output rules over an answer that comes in pieces: the last `hold` characters are kept
 back, so that a value the rules look for is seen whole before any of it reaches the
 caller; the text before them is checked and released once `step` more characters have
-come (a value found across the line between the two is kept back whole). A `block`
+come (a value found across the line between the two is kept back whole); a json_schema
+rule, which judges the whole answer, holds all of it back until its end. A `block`
 finding stops the answer at once, whether released or not; `redact` spans are masked
 as they are released; every finding is reported once, when released.
 """
@@ -33,11 +34,13 @@ class OutputWindow:
         self._report = report
         self._hold, self._step = hold, step
         self._held = ""
+        # A rule on the whole answer (json_schema) holds all of it back until the end.
+        self._whole = any(r.detector == "json_schema" for r in rules)
 
     def feed(self, piece: str) -> str:
         """What can be released of the answer so far (raises `Blocked`)."""
         self._held += piece
-        if len(self._held) < self._hold + self._step:
+        if self._whole or len(self._held) < self._hold + self._step:
             return ""
         return self._release(len(self._held) - self._hold)
 
@@ -46,7 +49,9 @@ class OutputWindow:
         return self._release(len(self._held))
 
     def _release(self, upto: int) -> str:
-        hits, timings = scan(self._rules, self._held)
+        final = upto == len(self._held)
+        rules = [r for r in self._rules if final or r.detector != "json_schema"]
+        hits, timings = scan(rules, self._held)
         blocking = next((h for h in hits if h.rule.action == "block"), None)
         if blocking is not None:
             self._report([blocking], timings)

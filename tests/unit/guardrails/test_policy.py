@@ -39,6 +39,16 @@ def _rule(**options: Any) -> dict[str, Any]:
         (_doc(_rule(extra=1)), "input[0].extra"),
         (_doc(id="bad id!"), "id"),
         (_doc(_rule(action="block", external_only=True)), "input[0]"),
+        (_doc(_rule(detector="json_schema", schema={"type": "object"})), "input[0].detector"),
+        (
+            _doc(_rule(detector="json_schema", schema={"type": 3}), direction="output"),
+            "output[0].schema",
+        ),
+        (_doc(_rule(detector="json_schema"), direction="output"), "output[0]"),
+        (
+            _doc(_rule(detector="json_schema", schema={}, action="redact"), direction="output"),
+            "output[0]",
+        ),
     ],
 )
 def test_a_bad_document_is_refused_naming_the_field(document: Any, path: str) -> None:
@@ -122,3 +132,19 @@ def test_an_output_block_stops_the_answer_before_the_value_is_released() -> None
         released += window.feed(" the code name is bluebird")
         released += window.flush()
     assert caught.value.rule.id == "stop" and "bluebird" not in released
+
+
+def test_a_json_schema_rule_holds_the_answer_and_judges_it_whole() -> None:
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+    rule = {"id": "shape", "detector": "json_schema", "schema": schema, "action": "block"}
+    policy = parse_policy({"id": "p", "output": [rule]})
+    found: list[str] = []
+    for answer, passes in (('{"n": 4}' + " " * 200, True), ('{"n": "four"}', False), ("4", False)):
+        window = OutputWindow(policy.output, lambda hits, _: found.extend(h.rule.id for h in hits))
+        assert window.feed(answer) == ""  # nothing leaves before the end
+        if passes:
+            assert window.flush() == answer
+        else:
+            with pytest.raises(Blocked):
+                window.flush()
+    assert found == ["shape", "shape"]
