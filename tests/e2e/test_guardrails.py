@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -363,3 +364,45 @@ def test_an_answer_that_breaks_its_schema_is_refused(setup: Setup) -> None:
         model="shaped", messages=[{"role": "user", "content": '{"n": 5}'}], stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == '{"n": 5}'
+
+
+def _ledger_row(setup: Setup, request_id: str) -> tuple[int, str | None]:
+    with setup.server.http() as admin:
+        admin.get("/admin/v1/usage")  # flushes the ledger
+    db = sqlite3.connect(setup.server.data_dir / "inferplane.db")
+    try:
+        row = db.execute(
+            "SELECT status, guardrails FROM usage_records WHERE request_id = ?", (request_id,)
+        ).fetchone()
+    finally:
+        db.close()
+    assert row is not None, request_id
+    return int(row[0]), row[1]
+
+
+def test_the_ledger_keeps_each_decision_and_never_the_value(setup: Setup) -> None:
+    client = setup.server.client()
+    client.chat.completions.create(
+        model="external",
+        messages=[{"role": "user", "content": PERSONAL}],
+        extra_headers={"x-request-id": "guard-ledger-1"},
+    )
+    status, decisions = _ledger_row(setup, "guard-ledger-1")
+    assert status == 200 and decisions is not None
+    found = json.loads(decisions)
+    assert {(d["rule"], d["type"], d["action"]) for d in found} >= {
+        ("pii", "EMAIL_ADDRESS", "pseudonymise"),
+        ("pii", "CREDIT_CARD", "pseudonymise"),
+    }
+    assert all(d["policy"] == "baseline" and d["version"] == 1 for d in found)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="external",
+            messages=[{"role": "user", "content": f"{SECRET} and {EMAIL}"}],
+            extra_headers={"x-request-id": "guard-ledger-2"},
+        )
+    status, decisions = _ledger_row(setup, "guard-ledger-2")
+    assert status == 400 and decisions is not None
+    assert {"rule": "no-secrets", "action": "block"}.items() <= json.loads(decisions)[0].items()
+    for value in (SECRET, EMAIL, CARD):
+        assert value not in decisions

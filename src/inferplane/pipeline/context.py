@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferplane.routing.deployments import Alias, Deployment
 from inferplane.telemetry.ids import unique_id
@@ -36,6 +37,9 @@ class Outcome:
     # The input guardrails' placeholders and the values they stand for, turned back in
     # the answer by the output stage. Never recorded, logged or cached.
     pseudonyms: dict[str, str] | None = field(default=None, repr=False)
+    # The guardrail rules that found something: policy, version, rule, detector, type,
+    # action, score (never the value found), for the ledger.
+    guardrails: list[dict[str, Any]] = field(default_factory=list)
 
     def served_by(self, deployment: str, version: str) -> None:
         self.deployment, self.model_version = deployment, version

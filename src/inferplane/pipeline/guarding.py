@@ -11,7 +11,7 @@ the config), else the server's default (`guardrails.default_policy`): see
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, get_args
 
 from inferplane.config.routes import RemoteEngine
@@ -58,17 +58,20 @@ class GuardInput:
             rules = tuple(r for r in policy.input if not r.external_only)
             policy = policy.model_copy(update={"input": rules})
         pseudonyms = Pseudonyms()
+        scan = _Scan(policy, pseudonyms, _Record(policy.id, self._version(policy), ctx))
         prompt = dict(request.prompt)
         if "messages" in prompt:
             prompt["messages"] = [
-                self._message(policy, m, pseudonyms, f"messages[{i}]")
-                for i, m in enumerate(prompt["messages"])
+                self._message(scan, m, f"messages[{i}]") for i, m in enumerate(prompt["messages"])
             ]
         else:
-            prompt["prompt"] = self._prompt(policy, prompt.get("prompt"), pseudonyms)
+            prompt["prompt"] = self._prompt(scan, prompt.get("prompt"))
         if pseudonyms:
             ctx.outcome.pseudonyms = pseudonyms.values
         return GenerationInput(request.endpoint, prompt, request.size_hint, request.cap)
+
+    def _version(self, policy: Policy) -> int:
+        return self._policies().versions.get(policy.id, 1)
 
     def _private(self, model: str | None) -> bool:
         """Whether every deployment the request may reach keeps the data inside: tagged
@@ -78,38 +81,36 @@ class GuardInput:
             "private" in d.routing.tags or d.engine.kind not in _REMOTE for d in reachable
         )
 
-    def _message(self, policy: Policy, message: Any, pseudonyms: Pseudonyms, param: str) -> Any:
+    def _message(self, scan: _Scan, message: Any, param: str) -> Any:
         if not isinstance(message, dict):
             return message
         out = dict(message)
         content = message.get("content")
         if isinstance(content, str):
-            out["content"] = self._text(policy, content, pseudonyms, f"{param}.content")
+            out["content"] = self._text(scan, content, f"{param}.content")
         elif isinstance(content, list):
             out["content"] = [
-                {**part, "text": self._text(policy, part["text"], pseudonyms, f"{param}.content")}
+                {**part, "text": self._text(scan, part["text"], f"{param}.content")}
                 if isinstance(part, dict) and isinstance(part.get("text"), str)
                 else part
                 for part in content
             ]
         if message.get("tool_calls"):
-            out["tool_calls"] = [
-                self._call(policy, c, pseudonyms, param) for c in message["tool_calls"]
-            ]
+            out["tool_calls"] = [self._call(scan, c, param) for c in message["tool_calls"]]
         return out
 
-    def _call(self, policy: Policy, call: Any, pseudonyms: Pseudonyms, param: str) -> Any:
+    def _call(self, scan: _Scan, call: Any, param: str) -> Any:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
             return call
-        arguments = self._text(policy, function["arguments"], pseudonyms, f"{param}.tool_calls")
+        arguments = self._text(scan, function["arguments"], f"{param}.tool_calls")
         return {**call, "function": {**function, "arguments": arguments}}
 
-    def _prompt(self, policy: Policy, prompt: Any, pseudonyms: Pseudonyms) -> Any:
+    def _prompt(self, scan: _Scan, prompt: Any) -> Any:
         if isinstance(prompt, str):
-            return self._text(policy, prompt, pseudonyms, "prompt")
+            return self._text(scan, prompt, "prompt")
         if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-            return [self._text(policy, p, pseudonyms, "prompt") for p in prompt]
+            return [self._text(scan, p, "prompt") for p in prompt]
         # Token ids cannot be read as text: a policy that must see the prompt refuses them.
         raise InvalidRequest(
             "This model's guardrail policy reads prompts as text: send text, not token ids.",
@@ -117,9 +118,10 @@ class GuardInput:
             code="content_policy_violation",
         )
 
-    def _text(self, policy: Policy, text: str, pseudonyms: Pseudonyms, param: str) -> str:
-        verdict = apply(policy.input, text, pseudonyms)
-        _count(self._metrics, policy, verdict.hits, verdict.timings)
+    def _text(self, scan: _Scan, text: str, param: str) -> str:
+        policy = scan.policy
+        verdict = apply(policy.input, text, scan.pseudonyms)
+        _count(self._metrics, scan.record, verdict.hits, verdict.timings)
         rule = verdict.blocked_by
         if rule is not None:
             raise ContentPolicyViolation(
@@ -158,7 +160,7 @@ class GuardOutput:
             async for event in events:
                 if isinstance(event, TextDelta):
                     answer = texts[event.choice][0] if event.choice in texts else None
-                    answer = answer or _Answer(rules, values, self._reporter(policy))
+                    answer = answer or _Answer(rules, values, self._reporter(ctx, policy))
                     texts[event.choice] = (answer, event)
                     text = answer.feed(event.text)
                     if text or event.logprobs:
@@ -183,10 +185,15 @@ class GuardOutput:
                 f"The answer was stopped by guardrail rule '{exc.rule.id}' of policy '{policy.id}'."
             ) from None
 
-    def _reporter(self, policy: Policy | None) -> Callable[[list[Hit], dict[str, float]], None]:
+    def _reporter(
+        self, ctx: RequestContext, policy: Policy | None
+    ) -> Callable[[list[Hit], dict[str, float]], None]:
+        version = self._policies().versions.get(policy.id, 1) if policy is not None else 0
+        record = _Record(policy.id if policy is not None else "", version, ctx)
+
         def report(hits: list[Hit], timings: dict[str, float]) -> None:
             if policy is not None:
-                _count(self._metrics, policy, hits, timings)
+                _count(self._metrics, record, hits, timings)
 
         return report
 
@@ -215,8 +222,41 @@ class _Answer:
         return self._restorer.feed(piece) + self._restorer.flush()
 
 
-def _count(metrics: Metrics, policy: Policy, hits: list[Hit], timings: dict[str, float]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """Where a request's guardrail decisions go: its policy (and version), its outcome."""
+
+    policy: str
+    version: int
+    ctx: RequestContext
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """One request's input scan: its policy, its placeholders, where decisions go."""
+
+    policy: Policy
+    pseudonyms: Pseudonyms
+    record: _Record
+
+
+def _count(metrics: Metrics, record: _Record, hits: list[Hit], timings: dict[str, float]) -> None:
+    """Metrics for the detectors' time and the rules that found something; each finding
+    on the request's outcome, for its ledger record (the type, never the value)."""
     for detector, seconds in timings.items():
         metrics.guardrail_seconds.labels(detector).observe(seconds)
     for rule in {h.rule.id: h.rule for h in hits}.values():
-        metrics.guardrail_decisions.labels(policy.id, rule.id, rule.detector, rule.action).inc()
+        labels = (record.policy, rule.id, rule.detector, rule.action)
+        metrics.guardrail_decisions.labels(*labels).inc()
+    record.ctx.outcome.guardrails.extend(
+        {
+            "policy": record.policy,
+            "version": record.version,
+            "rule": h.rule.id,
+            "detector": h.rule.detector,
+            "type": h.finding.type,
+            "action": h.rule.action,
+            "score": h.finding.score,
+        }
+        for h in hits
+    )

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from inferplane.errors import InferplaneError
 from inferplane.pipeline.admission import Admission
 from inferplane.pipeline.context import RequestContext
@@ -97,6 +99,10 @@ class Meter:
         cost = admission.cost(tally.prompt, tally.completion)
         return round(cost * tally.hit_fraction) if tally.cache_hit else cost
 
+    def refused(self, ctx: RequestContext, model: str, status: int) -> None:
+        """Record a request a guardrail refused (see `refused`)."""
+        self._ledger.record(refused(ctx, model, status))
+
     def tokens(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         series = self._series(model)
         series.prompt_tokens.inc(prompt_tokens)
@@ -141,7 +147,39 @@ def _record(
         ttft_ms=(out.first_token_at - ctx.started) * 1000 if out.first_token_at else None,
         status=tally.status,
         cache_hit=tally.cache_hit,
+        guardrails=_decisions(out.guardrails),
     )
+
+
+def refused(ctx: RequestContext, model: str, status: int) -> UsageRecord:
+    """The record of a request a guardrail refused before any model: nothing used, the
+    decisions kept."""
+    team = ctx.principal.team
+    return UsageRecord(
+        id=ctx.ledger_id,
+        request_id=ctx.request_id,
+        created_at=now_iso(),
+        org_id=team.org_id if team else None,
+        team_id=team.id if team else None,
+        key_id=ctx.principal.key.id,
+        user=ctx.user,
+        endpoint=ctx.endpoint,
+        model=model,
+        deployment="none",
+        model_version="none",
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost_nusd=0,
+        price_id=None,
+        latency_ms=(time.perf_counter() - ctx.started) * 1000,
+        ttft_ms=None,
+        status=status,
+        guardrails=_decisions(ctx.outcome.guardrails),
+    )
+
+
+def _decisions(decisions: list[dict[str, Any]]) -> str | None:
+    return orjson.dumps(decisions).decode() if decisions else None
 
 
 class TokenClock:

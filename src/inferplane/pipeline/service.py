@@ -31,6 +31,7 @@ from inferplane.pipeline.admission import Admission, Admitter, rate_scopes, toke
 from inferplane.pipeline.caching import CacheStage, Recorder
 from inferplane.pipeline.catalogue import Catalogue
 from inferplane.pipeline.context import RequestContext
+from inferplane.pipeline.guarding import ContentPolicyViolation
 from inferplane.pipeline.metering import Meter, Tally
 from inferplane.pipeline.planning import Plan, Planner
 from inferplane.pipeline.stages import InputStage, OutputStage, run_inputs, run_outputs
@@ -113,9 +114,11 @@ class InferenceService:
             else:
                 await self._admitter.reserve(ctx, admission, n_prompt, n_out)
             answer = await self._answer(ctx, alias, plan, admission, sampling, stream, directives)
-        except BaseException:
+        except BaseException as exc:
             if admission is not None:
                 admission.settle(0, 0)  # it stays counted as a request, holding nothing
+            if isinstance(exc, ContentPolicyViolation):  # a guardrail's decision: kept
+                self._meter.refused(ctx, alias.id, exc.status)
             raise
         if not self._outputs:
             return answer

@@ -92,6 +92,7 @@ usage_records = sa.Table(
     sa.Column("ttft_ms", sa.Float, nullable=True),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("cache_hit", sa.Boolean, nullable=False),
+    sa.Column("guardrails", sa.Text, nullable=True),  # JSON: the guardrail decisions
 )
 
 # Remote deployments added at run time (/admin/v1/deployments); those in the config file

@@ -56,10 +56,13 @@ class UsageRecord:
     ttft_ms: float | None
     status: int
     cache_hit: bool = False
+    guardrails: str | None = None  # JSON: the guardrail decisions (never the values found)
 
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
-_REQUIRED = frozenset(f.name for f in fields(UsageRecord) if f.name != "cache_hit")
+_REQUIRED = frozenset(
+    f.name for f in fields(UsageRecord) if f.name not in ("cache_hit", "guardrails")
+)
 
 
 class _Insert:
@@ -91,6 +94,7 @@ class _Insert:
         if not isinstance(rec, dict) or not rec.keys() >= _REQUIRED:
             raise ValueError("not a usage record")
         rec.setdefault("cache_hit", False)
+        rec.setdefault("guardrails", None)
         rec["created_at"] = datetime.fromisoformat(rec["created_at"])
         for name, convert in self._convert.items():
             rec[name] = convert(rec[name])
