@@ -100,8 +100,9 @@ class Meter:
         return round(cost * tally.hit_fraction) if tally.cache_hit else cost
 
     def refused(self, ctx: RequestContext, model: str, status: int) -> None:
-        """Record a request a guardrail refused (see `refused`)."""
-        self._ledger.record(refused(ctx, model, status))
+        """Record a request a guardrail refused before any model: nothing used, the
+        decisions kept."""
+        self._ledger.record(_record(ctx, model, None, Tally(status=status), 0))
 
     def tokens(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         series = self._series(model)
@@ -119,14 +120,14 @@ class Meter:
         cost = self.charge(admission, tally)
         # A cache hit ran no model: it uses no tokens of the caller's per-minute limit.
         admission.settle(0 if tally.cache_hit else prompt + completion, cost)
-        self._ledger.record(_record(ctx, model, admission, tally, cost))
+        price = admission.price
+        self._ledger.record(_record(ctx, model, price.id if price else None, tally, cost))
 
 
 def _record(
-    ctx: RequestContext, model: str, admission: Admission, tally: Tally, cost: int
+    ctx: RequestContext, model: str, price_id: int | None, tally: Tally, cost: int
 ) -> UsageRecord:
     now, out, team = time.perf_counter(), ctx.outcome, ctx.principal.team
-    price = admission.price
     return UsageRecord(
         id=ctx.ledger_id,
         request_id=ctx.request_id,
@@ -142,39 +143,12 @@ def _record(
         prompt_tokens=tally.prompt,
         completion_tokens=tally.completion,
         cost_nusd=cost,
-        price_id=price.id if price else None,
+        price_id=price_id,
         latency_ms=(now - ctx.started) * 1000,
         ttft_ms=(out.first_token_at - ctx.started) * 1000 if out.first_token_at else None,
         status=tally.status,
         cache_hit=tally.cache_hit,
         guardrails=_decisions(out.guardrails),
-    )
-
-
-def refused(ctx: RequestContext, model: str, status: int) -> UsageRecord:
-    """The record of a request a guardrail refused before any model: nothing used, the
-    decisions kept."""
-    team = ctx.principal.team
-    return UsageRecord(
-        id=ctx.ledger_id,
-        request_id=ctx.request_id,
-        created_at=now_iso(),
-        org_id=team.org_id if team else None,
-        team_id=team.id if team else None,
-        key_id=ctx.principal.key.id,
-        user=ctx.user,
-        endpoint=ctx.endpoint,
-        model=model,
-        deployment="none",
-        model_version="none",
-        prompt_tokens=0,
-        completion_tokens=0,
-        cost_nusd=0,
-        price_id=None,
-        latency_ms=(time.perf_counter() - ctx.started) * 1000,
-        ttft_ms=None,
-        status=status,
-        guardrails=_decisions(ctx.outcome.guardrails),
     )
 
 
