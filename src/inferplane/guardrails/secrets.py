@@ -44,19 +44,32 @@ _FORMATS: list[tuple[str, re.Pattern[str]]] = [
             "JWT",
             r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}(?![\w-])",
         ),
-        ("URL_PASSWORD", r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s:/@]{3,128})@[^\s/@]+"),
+        ("URL_PASSWORD", r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{0,64}:([^\s:/@]{3,128})@[^\s/@]+"),
+        # HTTP credentials: a header's, and command lines' (curl -u user:pass, -p pass).
+        (
+            "HTTP_AUTHORIZATION",
+            r"(?i)\bauthorization:\s*(?:basic|bearer|token)\s+([A-Za-z0-9+/=._~-]{12,})",
+        ),
+        (
+            "COMMAND_LINE_PASSWORD",
+            r"(?:\s-u\s+[^\s:]+:|\s(?:-p|--password|--token)[\s=])([^\s-]\S{5,127})",
+        ),
     ]
 ]  # fmt: skip
 
 # A value assigned to a name that says it is secret: `NAME = "value"`, `name: value`,
 # `--name value`, `"name": "value"`.
 _ASSIGNED = re.compile(
-    r"(?i)(?:api[_-]?key|secret|token|passw(?:or)?d|pwd|credential|auth|private[_-]?key|"
-    r"access[_-]?key|client[_-]?secret)[\w-]{0,20}[\"']?\s*(?:[:=]|\s)\s*[\"']?"
-    r"([A-Za-z0-9+/_.~!@#$%^&*-]{12,256})"
+    r"(?i)(?<!public )(?<!public_)(?:key|secret|token|passw(?:or)?[dt]|pwd|credential|auth|"
+    r"kennwort|contrase[nñ]a|mot de passe|wachtwoord|senha|parola d'ordine|has[lł]o|"
+    r"l[öo]senord|adgangskode)[\w-]{0,20}[\"']?"
+    # what may stand between the name and its value: XML's `value=`, or a few words of
+    # prose ending in "is" (ist, est, es...) or a colon: `the admin password is ...`
+    r"(?:\s+value\s*=|[^\n:=\"']{0,40}?\s(?:is|ist|est|es|è|é|är|er)\b|[^\n:=\"']{0,40}?(?=:))?"
+    r"\s*(?:[:=]|\s)\s*[\"']?([A-Za-z0-9+/_.~!@#$%^&*-]{12,256})"
 )
 _PLACEHOLDERS = re.compile(
-    r"(?i)^(?:x+|\*+|<.*>|\$\{.*\}|\{\{.*\}\}|your[_-].*|changeme|example.*|placeholder.*|"
+    r"(?i)^(?:x+|0+|\*+|<.*>|\$\{.*\}|\{\{.*\}\}|your[_-].*|.*token|changeme|example.*|placeholder.*|"
     r"(?:os\.)?environ.*|getenv.*|process\.env.*|none|null|true|false|self\..*)$"
 )
 
@@ -81,8 +94,15 @@ _MARKS = {
     "PRIVATE_KEY": ("PRIVATE KEY",),
     "JWT": ("eyJ",),
     "URL_PASSWORD": ("://",),
+    "HTTP_AUTHORIZATION": ("uthorization", "UTHORIZATION"),
+    "COMMAND_LINE_PASSWORD": (" -u ", " -p", " --password", " --token"),
 }
-_NAMES = ("key", "secret", "token", "passw", "pwd", "credential", "auth")
+# Kinds whose secret is the first group (the rest is context), read like an assigned
+# value: a placeholder or a word is none.
+_GROUPED = frozenset({"URL_PASSWORD", "HTTP_AUTHORIZATION", "COMMAND_LINE_PASSWORD"})
+_NAMES = ("key", "secret", "token", "passw", "pwd", "credential", "auth", "kennwort")
+_NAMES += ("contrase", "mot de passe", "wachtwoord", "senha", "parola", "has", "senord")
+_NAMES += ("adgangskode",)
 
 
 def find_secrets(text: str, threshold: float = 3.5) -> list[Finding]:
@@ -93,11 +113,11 @@ def find_secrets(text: str, threshold: float = 3.5) -> list[Finding]:
         if not any(mark in text for mark in _MARKS[kind]):
             continue
         for m in pattern.finditer(text):
-            if kind == "URL_PASSWORD":
-                if _PLACEHOLDERS.match(m.group(1)):
+            if kind in _GROUPED:
+                if _PLACEHOLDERS.match(m.group(1)) or entropy(m.group(1)) < 2.5:
                     continue
                 found.append(Finding(kind, m.start(1), m.end(1)))
-            else:
+            elif not _PLACEHOLDERS.match(_random_part(m.group())):  # ghp_xxxx..., xoxb-your-
                 found.append(Finding(kind, m.start(), m.end()))
     lower = text.lower()
     named = any(name in lower for name in _NAMES)
@@ -116,6 +136,12 @@ def entropy(value: str) -> float:
     counts = Counter(value)
     n = len(value)
     return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _random_part(token: str) -> str:
+    """A provider token without its prefix (`ghp_`, `xoxb-`, `sk_live_`): what must be
+    random in a real one."""
+    return re.split(r"[_-]", token, maxsplit=token.count("_") + token.count("-"))[-1]
 
 
 def _mixed(value: str) -> bool:

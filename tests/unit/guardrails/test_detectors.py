@@ -30,6 +30,9 @@ def _found(text: str) -> list[tuple[str, str]]:
         ("SSN 536-22-1234 on file", ("US_SSN", "536-22-1234")),
         ("from 192.168.10.4 at noon", ("IP_ADDRESS", "192.168.10.4")),
         ("host 2001:db8::8a2e:370:7334 is up", ("IP_ADDRESS", "2001:db8::8a2e:370:7334")),
+        ("the new address is 198.51.100.60.", ("IP_ADDRESS", "198.51.100.60")),
+        ("mi teléfono 91 226 76 30, gracias", ("PHONE_NUMBER", "91 226 76 30")),
+        ("SSN 087-82-0392 on the W-2", ("US_SSN", "087-82-0392")),
     ],
 )
 def test_each_type_is_found_whole(text: str, expected: tuple[str, str]) -> None:
@@ -47,6 +50,10 @@ def test_each_type_is_found_whole(text: str, expected: tuple[str, str]) -> None:
         "ticket #20231128 and invoice 55512",
         "user@localhost has no domain; a@b is not one either",
         "ratio 3:4:5 and time 12:30:45",
+        "assets/logo@2x.png and report@3x.jpg for retina screens",
+        "Order #100-4421873-2291104 was cancelled",  # passes Luhn, grouped 3-7-7
+        "shipped on 03-05-2024, released 01.02.2024, ZIP+4 94103-1234",
+        "Invoice INV-2023-000481 and badge 666-45-8508",
     ],
 )
 def test_look_alikes_are_left_alone(text: str) -> None:
@@ -74,6 +81,13 @@ def test_only_the_asked_types_are_looked_for() -> None:
         ),
         ("postgres://admin:S3cr3tPassw0rd@db.internal:5432/app", "URL_PASSWORD"),
         ('client_secret = "q8Zr4T1vX9mK2pL7wY3nB6cD"', "SECRET"),
+        ("Authorization: Basic c3ZjLWRlcGxveTpsclJYVjNyb3N5Rngwd01vSlZ4NQ==", "HTTP_AUTHORIZATION"),
+        ("curl -u admin:ht2HSWQM8c3U9yDq8Ad https://ci.example.com", "COMMAND_LINE_PASSWORD"),
+        ("docker login -u deploy -p CwX3HHpzVipxgSSkC75M registry", "COMMAND_LINE_PASSWORD"),
+        ("redis://:KhMYxY7C4voklVQfmmab@cache:6379/0", "URL_PASSWORD"),
+        ("Le mot de passe du compte admin est LwQs0bduvIOkE4OMhr", "SECRET"),
+        ("Passwort für den Testserver: oph2ds4f7nfg8Sen5f", "SECRET"),
+        ('ENCRYPTION_KEY="a8HkP2c9DaXGl8NONqxwF95iNdq7ZvXJ"', "SECRET"),
     ],
 )
 def test_credentials_are_found(text: str, kind: str) -> None:
@@ -91,6 +105,10 @@ def test_credentials_are_found(text: str, kind: str) -> None:
         "id = 123e4567-e89b-12d3-a456-426614174000",
         "def authenticate(self, credentials):",
         "secret_santa_participants = load_participants()",
+        "GITHUB_TOKEN=ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "SLACK_BOT_TOKEN=xoxb-your-bot-token",
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1L",
+        "the password must be at least 12 characters long",
     ],
 )
 def test_ordinary_code_is_not_a_secret(text: str) -> None:
