@@ -100,9 +100,9 @@ _MARKS = {
 # Kinds whose secret is the first group (the rest is context), read like an assigned
 # value: a placeholder or a word is none.
 _GROUPED = frozenset({"URL_PASSWORD", "HTTP_AUTHORIZATION", "COMMAND_LINE_PASSWORD"})
-_NAMES = ("key", "secret", "token", "passw", "pwd", "credential", "auth", "kennwort")
-_NAMES += ("contrase", "mot de passe", "wachtwoord", "senha", "parola", "has", "senord")
-_NAMES += ("adgangskode",)
+_NAMES: tuple[str, ...] = ("key", "secret", "token", "passw", "pwd", "credential", "auth")
+_NAMES += ("kennwort", "contrase", "mot de passe", "wachtwoord", "senha", "parola", "has")
+_NAMES += ("senord", "adgangskode")
 
 
 def find_secrets(text: str, threshold: float = 3.5) -> list[Finding]:
