@@ -56,6 +56,7 @@ from inferplane.engines.local.model import (
 )
 from inferplane.engines.local.supervisor import Supervisor
 from inferplane.guardrails.policy import Policies, configured
+from inferplane.guardrails.reviews import ReviewStore
 from inferplane.guardrails.store import PolicyStore
 from inferplane.limits.budgets import Budgets, BudgetTracker
 from inferplane.limits.memory import Limiter, MemoryLimiter
@@ -111,6 +112,7 @@ class Runtime:
     policy: DataPolicy
     guardrails: Policies  # guardrail policies in force
     policy_store: PolicyStore
+    reviews: ReviewStore  # requests held for a person's review
     inference: InferenceService
     started_at: int
 
@@ -276,7 +278,9 @@ class Runtime:
         self._config_policies = configured(self.settings)
         await self.load_policies()
         self._guarded = True
-        guard_in = GuardInput(lambda: self.guardrails, self.metrics, self.routes.router)
+        reviews = ReviewStore(self.engine)
+        guard_in = GuardInput(lambda: self.guardrails, self.metrics, self.routes.router, reviews)
+        self.reviews = reviews
         guard_out = GuardOutput(lambda: self.guardrails, self.metrics)
         self.inference = InferenceService(
             self.models,

@@ -8,9 +8,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -36,6 +39,15 @@ guardrails:
     - id: strict
       input:
         - {id: no-codename, detector: deny_list, words: [bluebird], action: block}
+    - id: reviewed
+      input:
+        - {id: mail, detector: pii, entities: [EMAIL_ADDRESS], action: redact}
+        - {id: deal, detector: deny_list, words: [merger], action: escalate, hold: wait,
+           timeout_s: 30}
+        - {id: quick, detector: deny_list, words: [acquisition], action: escalate, hold: wait,
+           timeout_s: 1}
+        - {id: later, detector: deny_list, words: [layoffs], action: escalate, hold: reply,
+           message: "A person will look at this first."}
     - id: answers
       output:
         - {id: leak, detector: pii, entities: [EMAIL_ADDRESS], action: redact}
@@ -88,6 +100,10 @@ models:
     policy: shaped
     deployments:
       - {{name: echo-shaped, engine: openai_compatible, base_url: "{echo.url}", model: parrot}}
+  - id: reviewed
+    policy: reviewed
+    deployments:
+      - {{name: echo-reviewed, engine: openai_compatible, base_url: "{echo.url}", model: echo}}
   - id: checked
     policy: answers
     deployments:
@@ -406,3 +422,67 @@ def test_the_ledger_keeps_each_decision_and_never_the_value(setup: Setup) -> Non
     assert {"rule": "no-secrets", "action": "block"}.items() <= json.loads(decisions)[0].items()
     for value in (SECRET, EMAIL, CARD):
         assert value not in decisions
+
+
+def _pending(setup: Setup, rule: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    with setup.server.http() as admin:
+        while time.monotonic() < deadline:
+            listed = admin.get("/admin/v1/reviews", params={"status": "pending"}).json()
+            found = [r for r in listed["data"] if r["rule"] == rule]
+            if found:
+                return dict(found[-1])
+            time.sleep(0.05)
+    raise AssertionError(f"no pending review for {rule}")
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_a_held_request_waits_for_a_persons_decision(setup: Setup, decision: str) -> None:
+    said = f"Draft the merger note to {EMAIL}"
+    outcome: list[object] = []
+
+    def ask() -> None:
+        try:
+            outcome.append(_ask(setup, said, model="reviewed"))
+        except openai.BadRequestError as exc:
+            outcome.append(exc)
+
+    before = len(setup.echo.requests)
+    waiting = threading.Thread(target=ask)
+    waiting.start()
+    review = _pending(setup, "deal")
+    assert EMAIL not in review["excerpt"] and "<EMAIL_ADDRESS>" in review["excerpt"]
+    assert review["policy"] == "reviewed" and review["model"] == "reviewed"
+    assert len(setup.echo.requests) == before  # nothing reached the model meanwhile
+    with setup.server.http() as admin:
+        decided = admin.post(
+            f"/admin/v1/reviews/{review['id']}", json={"decision": decision, "reason": "ok"}
+        )
+        assert decided.json()["status"] == {"approve": "approved", "reject": "rejected"}[decision]
+        again = admin.post(f"/admin/v1/reviews/{review['id']}", json={"decision": decision})
+        assert again.status_code == 409
+    waiting.join(30)
+    if decision == "approve":
+        assert outcome == ["You said: Draft the merger note to <EMAIL_ADDRESS>"]
+    else:
+        (error,) = outcome
+        assert isinstance(error, openai.BadRequestError)
+        assert error.code == "content_policy_violation" and review["id"] in error.message
+
+
+def test_an_undecided_review_expires_and_refuses(setup: Setup) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _ask(setup, "about the acquisition", model="reviewed")
+    assert "expired" in caught.value.message
+
+
+def test_a_reply_hold_answers_at_once_with_the_review_id(setup: Setup) -> None:
+    before = len(setup.echo.requests)
+    raw = setup.server.client().chat.completions.with_raw_response.create(
+        model="reviewed", messages=[{"role": "user", "content": "the layoffs plan"}]
+    )
+    assert raw.parse().choices[0].message.content == "A person will look at this first."
+    review_id = raw.headers["x-inferplane-review-id"]
+    assert len(setup.echo.requests) == before
+    with setup.server.http() as admin:
+        assert admin.get(f"/admin/v1/reviews/{review_id}").json()["status"] == "pending"

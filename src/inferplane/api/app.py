@@ -17,6 +17,7 @@ from inferplane.api.admin import deployments as admin_deployments
 from inferplane.api.admin import keys as admin_keys
 from inferplane.api.admin import orgs as admin_orgs
 from inferplane.api.admin import policies as admin_policies
+from inferplane.api.admin import reviews as admin_reviews
 from inferplane.api.admin import usage as admin_usage
 from inferplane.api.admin import workers as admin_workers
 from inferplane.api.data_plane import DataPlane
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> ASGIApp:
         admin_keys.router,
         admin_orgs.router,
         admin_policies.router,
+        admin_reviews.router,
         admin_usage.router,
         admin_workers.router,
         health.router,

@@ -7,6 +7,7 @@ every endpoint alike.
 - `x-inferplane-context-truncated` where the context policy left chat turns out;
 - `x-inferplane-cache` (with `Age` on a hit, `x-inferplane-cache-score` on a semantic
   one) where the response cache was consulted;
+- `x-inferplane-review-id` where a guardrail rule sent the request to a person;
 - the admission's `x-ratelimit-*` headers, on successes as on 429s.
 """
 
@@ -33,5 +34,7 @@ def response_headers(request_id: str, out: Outcome) -> Headers:
             headers.append((b"age", str(out.cache_age).encode()))
         if out.cache_score is not None:
             headers.append((b"x-inferplane-cache-score", str(out.cache_score).encode()))
+    if out.review_id is not None:
+        headers.append((b"x-inferplane-review-id", out.review_id.encode()))
     headers += [(k.encode(), v.encode()) for k, v in out.ratelimit_headers.items()]
     return headers

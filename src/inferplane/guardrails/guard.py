@@ -21,7 +21,7 @@ from inferplane.guardrails.pii import STRUCTURED, Finding, find_pii
 from inferplane.guardrails.policy import Rule
 from inferplane.guardrails.secrets import find_secrets
 
-_STRENGTH = {"flag": 1, "redact": 2, "pseudonymise": 2, "block": 3}
+_STRENGTH = {"flag": 1, "redact": 2, "pseudonymise": 2, "escalate": 3, "block": 4}
 
 
 @dataclass(frozen=True, slots=True)

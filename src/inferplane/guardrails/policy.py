@@ -25,7 +25,7 @@ from inferplane.guardrails.pii import STRUCTURED
 from inferplane.tenancy.records import Principal
 
 Detector = Literal["pii", "secrets", "regex", "deny_list", "json_schema"]
-Action = Literal["block", "redact", "pseudonymise", "flag"]
+Action = Literal["block", "redact", "pseudonymise", "flag", "escalate"]
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -43,6 +43,13 @@ class Rule(BaseModel):
     words: tuple[str, ...] | None = None  # deny_list: matched whole, case-insensitively
     # json_schema (output rules): the JSON Schema the whole answer must validate against.
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    # escalate: a person reviews the request. `wait` keeps it open up to `timeout_s` for
+    # the decision; `reply` answers at once with `message` and the review's id.
+    hold: Literal["wait", "reply"] | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    message: Annotated[str, Field(min_length=1, max_length=2000)] = (
+        "Your request is waiting for a review."
+    )
     # Only when the request may reach a deployment outside: one not tagged `private`
     # and not a local worker (of the model or of its fallbacks). For redact, pseudonymise.
     external_only: bool = False
@@ -81,6 +88,8 @@ class Rule(BaseModel):
     def _options_fit(self) -> Rule:
         if self.external_only and self.action not in ("redact", "pseudonymise"):
             raise ValueError("external_only applies to redact and pseudonymise rules")
+        if (self.action == "escalate") != (self.hold is not None):
+            raise ValueError("an escalate rule needs 'hold' (wait or reply), and only it")
         if self.detector == "json_schema" and self.action not in ("block", "flag"):
             raise ValueError("a json_schema rule blocks or flags (it judges the whole answer)")
         needs = {"regex": "patterns", "deny_list": "words", "json_schema": "json_schema"}.get(
@@ -114,6 +123,8 @@ class Policy(BaseModel):
                 seen.add(rule.id)
                 if direction == "input" and rule.detector == "json_schema":
                     raise ValueError(f"{direction}[{i}].detector: json_schema judges answers")
+                if direction == "output" and rule.action == "escalate":
+                    raise ValueError(f"{direction}[{i}].action: escalate applies to input rules")
                 if direction == "output" and rule.action == "pseudonymise":
                     raise ValueError(
                         f"{direction}[{i}].action: pseudonymise applies to input rules "

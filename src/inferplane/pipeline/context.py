@@ -40,6 +40,9 @@ class Outcome:
     # The guardrail rules that found something: policy, version, rule, detector, type,
     # action, score (never the value found), for the ledger.
     guardrails: list[dict[str, Any]] = field(default_factory=list)
+    # A review an `escalate` rule opened, and (`hold: reply`) the answer given meanwhile.
+    review_id: str | None = None
+    held_reply: str | None = None
 
     def served_by(self, deployment: str, version: str) -> None:
         self.deployment, self.model_version = deployment, version

@@ -10,23 +10,27 @@ the config), else the server's default (`guardrails.default_policy`): see
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
 from inferplane.config.routes import RemoteEngine
 from inferplane.engines.interface import GenerationInput
-from inferplane.errors import InferplaneError, InvalidRequest
+from inferplane.errors import Conflict, InferplaneError, InvalidRequest
 from inferplane.events import Finished, GenerationEvent, TextDelta, ToolCallDelta
-from inferplane.guardrails.guard import Hit, Pseudonyms, apply
+from inferplane.guardrails.guard import Hit, Pseudonyms, apply, rewritten
 from inferplane.guardrails.policy import Policies, Policy, Rule
 from inferplane.guardrails.restore import Restorer
+from inferplane.guardrails.reviews import APPROVED, EXPIRED, PENDING, ReviewStore
 from inferplane.guardrails.window import Blocked, OutputWindow
 from inferplane.pipeline.context import RequestContext
 from inferplane.routing.router import Router
 from inferplane.telemetry.metrics import Metrics
 
 _REMOTE = frozenset(get_args(RemoteEngine))
+_POLL_S = 0.25  # how often a request held for review reads its decision
 
 
 class ContentPolicyViolation(InferplaneError):
@@ -40,10 +44,17 @@ class GuardInput:
 
     name = "guard-input"
 
-    def __init__(self, policies: Callable[[], Policies], metrics: Metrics, router: Router):
+    def __init__(
+        self,
+        policies: Callable[[], Policies],
+        metrics: Metrics,
+        router: Router,
+        reviews: ReviewStore,
+    ):
         self._policies = policies  # those in force now (the admin API changes them)
         self._metrics = metrics
         self._router = router
+        self._reviews = reviews
 
     @property
     def active(self) -> bool:
@@ -66,9 +77,50 @@ class GuardInput:
             ]
         else:
             prompt["prompt"] = self._prompt(scan, prompt.get("prompt"))
+        if scan.escalated:
+            await self._review(ctx, scan)
         if pseudonyms:
             ctx.outcome.pseudonyms = pseudonyms.values
         return GenerationInput(request.endpoint, prompt, request.size_hint, request.cap)
+
+    async def _review(self, ctx: RequestContext, scan: _Scan) -> None:
+        """A person decides: the request waits for them (`hold: wait`: approved, it goes
+        on; rejected or not decided within `timeout_s`, it is refused) or is answered at
+        once with the rule's message (`hold: reply`)."""
+        rule, excerpt = scan.escalated[0]
+        review_id = await asyncio.to_thread(
+            self._reviews.open,
+            policy=scan.policy.id,
+            rule=rule.id,
+            key_id=ctx.principal.key.id,
+            model=ctx.outcome.model or "",
+            excerpt=excerpt,
+        )
+        ctx.outcome.review_id = review_id
+        if rule.hold == "reply":
+            ctx.outcome.held_reply = rule.message
+            return
+        status = await self._decision(review_id, rule.timeout_s)
+        if status != APPROVED:
+            raise ContentPolicyViolation(
+                f"The request was held by guardrail rule '{rule.id}' of policy "
+                f"'{scan.policy.id}' for review '{review_id}', which was {status}."
+            )
+
+    async def _decision(self, review_id: str, timeout_s: float) -> str:
+        """The review's outcome once decided, or `expired` after `timeout_s` (read from
+        the store: another replica's admin may decide it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            review = await asyncio.to_thread(self._reviews.get, review_id)
+            if review["status"] != PENDING:
+                return str(review["status"])
+            await asyncio.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        try:
+            await asyncio.to_thread(self._reviews.decide, review_id, EXPIRED, "not decided in time")
+        except Conflict:  # decided at the last moment
+            return str((await asyncio.to_thread(self._reviews.get, review_id))["status"])
+        return EXPIRED
 
     def _version(self, policy: Policy) -> int:
         return self._policies().versions.get(policy.id, 1)
@@ -128,6 +180,12 @@ class GuardInput:
                 f"The request was refused by guardrail rule '{rule.id}' of policy '{policy.id}'.",
                 param=param,
             )
+        escalating = [h.rule for h in verdict.hits if h.rule.action == "escalate"]
+        if escalating:  # for the reviewer: the text with every value found masked
+            masked = [
+                Hit(h.rule.model_copy(update={"action": "redact"}), h.finding) for h in verdict.hits
+            ]
+            scan.escalated.append((escalating[0], rewritten(text, masked, Pseudonyms())))
         return verdict.text
 
 
@@ -238,6 +296,8 @@ class _Scan:
     policy: Policy
     pseudonyms: Pseudonyms
     record: _Record
+    # The escalate rules that found something, with the text they found it in, masked.
+    escalated: list[tuple[Rule, str]] = field(default_factory=list)
 
 
 def _count(metrics: Metrics, record: _Record, hits: list[Hit], timings: dict[str, float]) -> None:

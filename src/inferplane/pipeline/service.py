@@ -26,7 +26,14 @@ from inferplane.cache.responses import Directives, ResponseCache
 from inferplane.config.policy import PolicySettings
 from inferplane.engines.interface import Caller, GenerationInput
 from inferplane.engines.local.model import LocalEmbedder, LocalModel
-from inferplane.events import Embeddings, Finished, GenerationEvent, TextDelta, ToolCallDelta
+from inferplane.events import (
+    Embeddings,
+    Finished,
+    GenerationEvent,
+    Started,
+    TextDelta,
+    ToolCallDelta,
+)
 from inferplane.pipeline.admission import Admission, Admitter, rate_scopes, token_cap
 from inferplane.pipeline.caching import CacheStage, Recorder
 from inferplane.pipeline.catalogue import Catalogue
@@ -107,6 +114,11 @@ class InferenceService:
         admission = await self._admitter.enter(ctx, alias.id, scopes) if two_steps else None
         try:
             request = await run_inputs(self._inputs, ctx, request)
+            if ctx.outcome.held_reply is not None:  # held for review: answered meanwhile
+                assert admission is not None  # input stages run after the first step
+                admission.settle(0, 0)
+                self._meter.refused(ctx, alias.id, 200)
+                return _held(ctx.outcome.held_reply)
             plan = await self._planner.plan(ctx, alias, request, route, sampling)
             n_prompt, n_out = plan.prompt_tokens, plan.max_tokens
             if admission is None:
@@ -275,3 +287,11 @@ def _caller(ctx: RequestContext) -> Caller:
         deadline=ctx.deadline,
         scope=principal.org_scope,
     )
+
+
+async def _held(message: str) -> AsyncGenerator[GenerationEvent, None]:
+    """The answer to a request held for a person's review (`hold: reply`): the rule's
+    message, from no model."""
+    yield Started(0)
+    yield TextDelta(message)
+    yield Finished("stop", 0, 0)

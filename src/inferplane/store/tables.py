@@ -118,3 +118,19 @@ guardrail_policies = sa.Table(
     sa.Column("document", sa.Text, nullable=True),  # the policy's JSON; null: removed
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Requests a guardrail rule sent to a person (`escalate`), and what they decided.
+guardrail_reviews = sa.Table(
+    "guardrail_reviews",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(40), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("excerpt", sa.Text, nullable=False),  # redacted: the values found masked
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+)

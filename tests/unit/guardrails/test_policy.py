@@ -40,6 +40,10 @@ def _rule(**options: Any) -> dict[str, Any]:
         (_doc(id="bad id!"), "id"),
         (_doc(_rule(action="block", external_only=True)), "input[0]"),
         (_doc(_rule(detector="json_schema", schema={"type": "object"})), "input[0].detector"),
+        (_doc(_rule(action="escalate")), "input[0]"),  # no hold
+        (_doc(_rule(hold="wait")), "input[0]"),  # a hold without escalate
+        (_doc(_rule(action="escalate", hold="wait"), direction="output"), "output[0].action"),
+        (_doc(_rule(action="escalate", hold="wait", timeout_s=0)), "input[0].timeout_s"),
         (
             _doc(_rule(detector="json_schema", schema={"type": 3}), direction="output"),
             "output[0].schema",

@@ -15,7 +15,7 @@ def test_migrations_create_the_schema_and_are_idempotent(tmp_path: Path) -> None
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             tables = set(sa.inspect(conn).get_table_names())
         engine.dispose()
-    assert version == "0008"
+    assert version == "0009"
     assert {
         "api_keys",
         "orgs",
@@ -24,4 +24,5 @@ def test_migrations_create_the_schema_and_are_idempotent(tmp_path: Path) -> None
         "usage_records",
         "deployments",
         "guardrail_policies",
+        "guardrail_reviews",
     } <= tables
