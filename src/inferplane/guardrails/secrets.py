@@ -39,7 +39,13 @@ _FORMATS: list[tuple[str, re.Pattern[str]]] = [
         ("TWILIO_KEY", r"(?<!\w)SK[0-9a-f]{32}(?!\w)"),
         ("SENDGRID_KEY", r"(?<![\w.])SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}(?![\w.-])"),
         ("AZURE_STORAGE_KEY", r"AccountKey=[A-Za-z0-9+/]{86}=="),
-        ("PRIVATE_KEY", r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----"),
+        # A private key's header with key material after it (not a template's `<paste>`).
+        (
+            "PRIVATE_KEY",
+            r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[^<]{0,200}?)[A-Za-z0-9+/]{32}",
+        ),
+        ("VAULT_TOKEN", r"(?<![\w.])hv[sbr]\.[A-Za-z0-9_-]{24,}(?![\w-])"),
+        ("HUGGING_FACE_TOKEN", r"(?<!\w)hf_[A-Za-z0-9]{30,}(?!\w)"),
         (
             "JWT",
             r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}(?![\w-])",
@@ -48,11 +54,12 @@ _FORMATS: list[tuple[str, re.Pattern[str]]] = [
         # HTTP credentials: a header's, and command lines' (curl -u user:pass, -p pass).
         (
             "HTTP_AUTHORIZATION",
-            r"(?i)\bauthorization:\s*(?:basic|bearer|token)\s+([A-Za-z0-9+/=._~-]{12,})",
+            r"(?i)\bauthorization[\"']?\s*[:=]\s*[\"']?(?:basic|bearer|token)\s+([A-Za-z0-9+/=._~-]{12,})",
         ),
         (
             "COMMAND_LINE_PASSWORD",
-            r"(?:\s-u\s+[^\s:]+:|\s(?:-p|--password|--token)[\s=])([^\s-]\S{5,127})",
+            r"(?:\s-u\s+[\"']?[^\s:\"']+:|\s(?:--password|--token|--api-key)[\s=]|\s-p[\s=]?)"
+            r"[\"']?([^\s\"'-][^\s\"']{5,127})",
         ),
     ]
 ]  # fmt: skip
@@ -60,16 +67,19 @@ _FORMATS: list[tuple[str, re.Pattern[str]]] = [
 # A value assigned to a name that says it is secret: `NAME = "value"`, `name: value`,
 # `--name value`, `"name": "value"`.
 _ASSIGNED = re.compile(
-    r"(?i)(?<!public )(?<!public_)(?:key|secret|token|passw(?:or)?[dt]|pwd|credential|auth|"
+    r"(?i)(?<!public )(?<!public_)(?:key|secret|token|pass(?:w(?:or)?[dt])?|pwd|credential|auth|"
     r"kennwort|contrase[nñ]a|mot de passe|wachtwoord|senha|parola d'ordine|has[lł]o|"
     r"l[öo]senord|adgangskode)[\w-]{0,20}[\"']?"
     # what may stand between the name and its value: XML's `value=`, or a few words of
     # prose ending in "is" (ist, est, es...) or a colon: `the admin password is ...`
-    r"(?:\s+value\s*=|[^\n:=\"']{0,40}?\s(?:is|ist|est|es|è|é|är|er)\b|[^\n:=\"']{0,40}?(?=:))?"
-    r"\s*(?:[:=]|\s)\s*[\"']?([A-Za-z0-9+/_.~!@#$%^&*-]{12,256})"
+    r"(?:\s+value\s*=|[^\n:=\"']{0,40}?\s(?:is|ist|est|es|è|é|är|er|lautet)\b|"
+    r"[^\n:=\"']{0,40}?(?=:))?"
+    # The value: anything but spaces and quotes (a sentence's last dot or comma left out).
+    r"[\"']?\s*(?:[:=,]|\s)\s*[\"']?([^\s\"'<>]{10,256}?)[.,;)]?(?=[\s\"'<>]|$)"
 )
 _PLACEHOLDERS = re.compile(
-    r"(?i)^(?:x+|0+|\*+|<.*>|\$\{.*\}|\{\{.*\}\}|your[_-].*|.*token|changeme|example.*|placeholder.*|"
+    r"(?i)^(?:x+|0+|\*+|<.*>|\$\{.*\}|\$\(.*\)|\$[a-z_]\w*|%\(.*\)s|\{\{.*\}\}|your[_-].*|"
+    r".*token|changeme|example.*|placeholder.*|redacted|"
     r"(?:os\.)?environ.*|getenv.*|process\.env.*|none|null|true|false|self\..*)$"
 )
 
@@ -92,15 +102,17 @@ _MARKS = {
     "SENDGRID_KEY": ("SG.",),
     "AZURE_STORAGE_KEY": ("AccountKey=",),
     "PRIVATE_KEY": ("PRIVATE KEY",),
+    "VAULT_TOKEN": ("hvs.", "hvb.", "hvr."),
+    "HUGGING_FACE_TOKEN": ("hf_",),
     "JWT": ("eyJ",),
     "URL_PASSWORD": ("://",),
     "HTTP_AUTHORIZATION": ("uthorization", "UTHORIZATION"),
-    "COMMAND_LINE_PASSWORD": (" -u ", " -p", " --password", " --token"),
+    "COMMAND_LINE_PASSWORD": (" -u ", " -p", " --password", " --token", " --api-key"),
 }
 # Kinds whose secret is the first group (the rest is context), read like an assigned
 # value: a placeholder or a word is none.
 _GROUPED = frozenset({"URL_PASSWORD", "HTTP_AUTHORIZATION", "COMMAND_LINE_PASSWORD"})
-_NAMES: tuple[str, ...] = ("key", "secret", "token", "passw", "pwd", "credential", "auth")
+_NAMES: tuple[str, ...] = ("key", "secret", "token", "pass", "pwd", "credential", "auth")
 _NAMES += ("kennwort", "contrase", "mot de passe", "wachtwoord", "senha", "parola", "has")
 _NAMES += ("senord", "adgangskode")
 
@@ -117,7 +129,7 @@ def find_secrets(text: str, threshold: float = 3.5) -> list[Finding]:
                 if _PLACEHOLDERS.match(m.group(1)) or entropy(m.group(1)) < 2.5:
                     continue
                 found.append(Finding(kind, m.start(1), m.end(1)))
-            elif not _PLACEHOLDERS.match(_random_part(m.group())):  # ghp_xxxx..., xoxb-your-
+            elif _random(m.group()):  # not ghp_xxxx..., xoxb-your-..., AKIAXXXX...
                 found.append(Finding(kind, m.start(), m.end()))
     lower = text.lower()
     named = any(name in lower for name in _NAMES)
@@ -138,10 +150,11 @@ def entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-def _random_part(token: str) -> str:
-    """A provider token without its prefix (`ghp_`, `xoxb-`, `sk_live_`): what must be
-    random in a real one."""
-    return re.split(r"[_-]", token, maxsplit=token.count("_") + token.count("-"))[-1]
+def _random(token: str) -> bool:
+    """Whether a provider token's variable part (after its prefix: `ghp_`, `xoxb-`,
+    `AKIA`) looks random, as a real one does, rather than a placeholder."""
+    tail = re.split(r"[_-]", token)[-1] if re.search(r"[_-]", token) else token[4:]
+    return not _PLACEHOLDERS.match(tail) and entropy(tail[:64]) >= 2.5
 
 
 def _mixed(value: str) -> bool:

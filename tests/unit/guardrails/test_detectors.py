@@ -73,7 +73,10 @@ def test_only_the_asked_types_are_looked_for() -> None:
         ("GITLAB=glpat-xYz12345678901234567", "GITLAB_TOKEN"),
         ("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "SLACK_TOKEN"),
         ("stripe sk_live_51HxQjKLmNoPqRsTuVwXyZ012", "STRIPE_KEY"),
-        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow...", "PRIVATE_KEY"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0t",
+            "PRIVATE_KEY",
+        ),
         (
             "auth: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
             "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
@@ -88,6 +91,13 @@ def test_only_the_asked_types_are_looked_for() -> None:
         ("Le mot de passe du compte admin est LwQs0bduvIOkE4OMhr", "SECRET"),
         ("Passwort für den Testserver: oph2ds4f7nfg8Sen5f", "SECRET"),
         ('ENCRYPTION_KEY="a8HkP2c9DaXGl8NONqxwF95iNdq7ZvXJ"', "SECRET"),
+        ("Your temporary password is 1Ay7faL?zhk3. It expires soon.", "SECRET"),
+        ("mysql -h db -u root -p'Dl9empyJbFJX=spj' orders", "COMMAND_LINE_PASSWORD"),
+        (
+            'headers = {"Authorization": "Bearer k8Qzx4tgj8kyrJrJfq-5a3pI5X1Y"}',
+            "HTTP_AUTHORIZATION",
+        ),
+        ("vault login hvs.5pLW7bAOWMHypYGo8LT9auGt", "VAULT_TOKEN"),
     ],
 )
 def test_credentials_are_found(text: str, kind: str) -> None:
@@ -109,6 +119,9 @@ def test_credentials_are_found(text: str, kind: str) -> None:
         "SLACK_BOT_TOKEN=xoxb-your-bot-token",
         "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1L",
         "the password must be at least 12 characters long",
+        "-----BEGIN RSA PRIVATE KEY-----\n<paste your private key here>",
+        "AWS_ACCESS_KEY_ID=AKIAXXXXXXXXXXXXXXXX",
+        'curl -u "$CI_USER:$CI_API_TOKEN" https://ci.example.com',
     ],
 )
 def test_ordinary_code_is_not_a_secret(text: str) -> None:
