@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inferplane.errors import InvalidRequest
 from inferplane.guardrails.guard import Pseudonyms, apply
@@ -152,3 +154,20 @@ def test_a_json_schema_rule_holds_the_answer_and_judges_it_whole() -> None:
             with pytest.raises(Blocked):
                 window.flush()
     assert found == ["shape", "shape"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=400))
+def test_any_text_gets_a_verdict_with_findings_inside_it(text: str) -> None:
+    policy = _policy(
+        {"id": "p", "detector": "pii", "action": "pseudonymise"},
+        {"id": "s", "detector": "secrets", "action": "redact"},
+        {"id": "w", "detector": "deny_list", "words": ["a.b", "x"], "action": "flag"},
+    )
+    pseudonyms = Pseudonyms()
+    verdict = apply(policy.input, text, pseudonyms)
+    for hit in verdict.hits:
+        assert 0 <= hit.finding.start < hit.finding.end <= len(text)
+    restorer = Restorer(pseudonyms.values)
+    if not any(h.rule.id == "s" for h in verdict.hits):  # redaction is one-way
+        assert restorer.feed(verdict.text) + restorer.flush() == text
