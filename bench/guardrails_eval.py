@@ -91,6 +91,26 @@ def secrets(folder: Path) -> None:
     )
 
 
+def injection() -> None:
+    """The prompt-injection detector at its default threshold, on the dev set (used to
+    choose the threshold and the training settings) and the held-out set (not used)."""
+    from inferplane.guardrails.injection import DEFAULT_THRESHOLD, model
+
+    detector = model()
+    for name in ("dev", "holdout"):
+        rows = _lines(DATA / "injection" / f"{name}.jsonl")
+        started = time.perf_counter()
+        caught = [detector.score(str(r["text"])) >= DEFAULT_THRESHOLD for r in rows]
+        took = (time.perf_counter() - started) / len(rows) * 1000
+        attack = [c for c, r in zip(caught, rows, strict=True) if r["label"] == "attack"]
+        benign = [c for c, r in zip(caught, rows, strict=True) if r["label"] == "benign"]
+        print(
+            f"prompt injection, {name} ({len(attack)} attacks, {len(benign)} benign): detection "
+            f"{sum(attack) / len(attack):.3f}, false positives {sum(benign) / len(benign):.3f} "
+            f"at {DEFAULT_THRESHOLD}; {took:.2f} ms a text (aim: >= 0.90 at <= 0.05)"
+        )
+
+
 if __name__ == "__main__":
     # The first set was read while the detectors were tuned (a development set); so was
     # the first held-out set's secrets part, once (its PII part was not); the second
@@ -107,3 +127,5 @@ if __name__ == "__main__":
             pii(folder)
         if (folder / "secrets.jsonl").exists():
             secrets(folder)
+    print("== prompt injection (bench/data/guardrails/injection)")
+    injection()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import jsonschema
 
+from inferplane.guardrails import injection
 from inferplane.guardrails.pii import STRUCTURED, Finding, find_pii
 from inferplane.guardrails.policy import Rule
 from inferplane.guardrails.secrets import find_secrets
@@ -124,12 +125,22 @@ def _json_schema(rule: Rule, text: str) -> list[Finding]:
     return []
 
 
+def _prompt_injection(rule: Rule, text: str) -> list[Finding]:
+    """The whole text as one finding when the classifier scores it an attack."""
+    threshold = injection.DEFAULT_THRESHOLD if rule.threshold is None else rule.threshold
+    score = injection.model().score(text)
+    return (
+        [Finding("PROMPT_INJECTION", 0, len(text), round(score, 3))] if score >= threshold else []
+    )
+
+
 _DETECTORS: dict[str, Callable[[Rule, str], list[Finding]]] = {
     "pii": _pii,
     "secrets": _secrets,
     "regex": _regex,
     "deny_list": _deny_list,
     "json_schema": _json_schema,
+    "prompt_injection": _prompt_injection,
 }
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}

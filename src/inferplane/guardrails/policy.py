@@ -21,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inferplane.config import ConfigError, Settings
 from inferplane.errors import InvalidRequest, PermissionDenied
+from inferplane.guardrails import injection
 from inferplane.guardrails.pii import STRUCTURED
 from inferplane.tenancy.records import Principal
 
-Detector = Literal["pii", "secrets", "regex", "deny_list", "json_schema"]
+Detector = Literal["pii", "secrets", "regex", "deny_list", "json_schema", "prompt_injection"]
 Action = Literal["block", "redact", "pseudonymise", "flag", "escalate"]
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -37,7 +38,8 @@ class Rule(BaseModel):
     action: Action
     # pii: the entity types (Presidio's names); all the structured ones when left out.
     entities: tuple[str, ...] | None = None
-    # secrets: the entropy, in bits a character, a secret-named value needs.
+    # secrets: the entropy, in bits a character, a secret-named value needs;
+    # prompt_injection: the score (0 to 1) from which a text counts as an attack.
     threshold: Annotated[float, Field(ge=0, le=8)] | None = None
     patterns: tuple[str, ...] | None = None  # regex
     words: tuple[str, ...] | None = None  # deny_list: matched whole, case-insensitively
@@ -97,7 +99,10 @@ class Rule(BaseModel):
         )
         if needs is not None and not getattr(self, needs):
             raise ValueError(f"a {self.detector} rule needs '{needs.removeprefix('json_')}'")
+        if self.detector == "prompt_injection" and (self.threshold or 0) > 1:
+            raise ValueError("a prompt_injection threshold is a score from 0 to 1")
         allowed = {"pii": {"entities"}, "secrets": {"threshold"}, "regex": {"patterns"}}
+        allowed["prompt_injection"] = {"threshold"}
         allowed |= {"deny_list": {"words"}, "json_schema": {"json_schema"}}
         for option in ("entities", "threshold", "patterns", "words", "json_schema"):
             if getattr(self, option) is not None and option not in allowed[self.detector]:
@@ -225,6 +230,13 @@ def configured(settings: Settings) -> Policies:
         if policy.id in by_id:
             raise ConfigError(f"guardrails.policies[{i}].id: policy '{policy.id}' is defined twice")
         by_id[policy.id] = policy
+    if any(r.detector == "prompt_injection" for p in by_id.values() for r in p.input + p.output):
+        try:
+            injection.model()
+        except OSError as exc:  # the shipped weights are missing: stop, naming them
+            raise ConfigError(
+                f"the prompt_injection detector cannot load its model: {exc}"
+            ) from None
     models = {m.id: m.policy for m in settings.models if m.policy}
     models.update({a.id: a.policy for a in settings.aliases if a.policy})
     return Policies(by_id, cfg.default_policy, models, {k: 1 for k in by_id})
