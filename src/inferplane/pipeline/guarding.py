@@ -211,14 +211,14 @@ class GuardOutput:
             async for event in events:
                 yield event
             return
-        assert policy is not None or not rules
+        report = self._reporter(ctx, policy) if policy is not None else _unreported
         texts: dict[int, tuple[_Answer, TextDelta]] = {}
         calls: dict[tuple[int, int], tuple[Restorer, ToolCallDelta]] = {}
         try:
             async for event in events:
                 if isinstance(event, TextDelta):
                     answer = texts[event.choice][0] if event.choice in texts else None
-                    answer = answer or _Answer(rules, values, self._reporter(ctx, policy))
+                    answer = answer or _Answer(rules, values, report)
                     texts[event.choice] = (answer, event)
                     text = answer.feed(event.text)
                     if text or event.logprobs:
@@ -237,23 +237,26 @@ class GuardOutput:
                             if held := restorer.flush():
                                 yield replace(call, arguments=held, id=None, name=None)
                     yield event
-        except Blocked as exc:
-            assert policy is not None
+        except Blocked as exc:  # only output rules block here: the policy has some
+            name = policy.id if policy is not None else ""
             raise ContentPolicyViolation(
-                f"The answer was stopped by guardrail rule '{exc.rule.id}' of policy '{policy.id}'."
+                f"The answer was stopped by guardrail rule '{exc.rule.id}' of policy '{name}'."
             ) from None
 
     def _reporter(
-        self, ctx: RequestContext, policy: Policy | None
+        self, ctx: RequestContext, policy: Policy
     ) -> Callable[[list[Hit], dict[str, float]], None]:
-        version = self._policies().versions.get(policy.id, 1) if policy is not None else 0
-        record = _Record(policy.id if policy is not None else "", version, ctx)
+        """Where the output rules' findings go: once per request, whatever its answers."""
+        record = _Record(policy.id, self._policies().versions.get(policy.id, 1), ctx)
 
         def report(hits: list[Hit], timings: dict[str, float]) -> None:
-            if policy is not None:
-                _count(self._metrics, record, hits, timings)
+            _count(self._metrics, record, hits, timings)
 
         return report
+
+
+def _unreported(hits: list[Hit], timings: dict[str, float]) -> None:
+    """No policy, no output rules: nothing is ever found."""
 
 
 class _Answer:
